@@ -1,0 +1,3 @@
+"""sparselens: sparse dictionaries for opening neural networks up."""
+
+__version__ = "0.1.0"

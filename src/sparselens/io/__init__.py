@@ -1,0 +1,1 @@
+"""Formats: the native checkpoint, atomic writes, and adapters for other libraries."""
