@@ -13,7 +13,8 @@ def geometric_median(points: Tensor, max_iter: int = 100, tol: float = 1e-6) -> 
     Gao et al. initialise ``b_dec`` here: it is robust to the outliers that drag the mean.
     """
     if points.ndim != 2 or points.shape[0] == 0:
-        raise ValueError(f"geometric_median needs a non-empty (n, d) tensor, got {tuple(points.shape)}")
+        raise ValueError("geometric_median needs a non-empty (n, d) tensor, "
+                         f"got {tuple(points.shape)}")
     median = points.mean(0)
     for _ in range(max_iter):
         dist = (points - median).norm(dim=1).clamp_min(1e-8)

@@ -1,0 +1,37 @@
+"""The unit that flows from data sources (activation cache, live model) into training,
+evaluation and interpretation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ActivationBatch:
+    """Rows of activations aligned across hookpoints, with where each row came from.
+
+    Row i of every tensor describes the same token: ``acts[h][i]`` is the activation at
+    hookpoint h, ``token_ids[i]`` the token, ``seq_ids[i]`` the chunk (sequence) it belongs to
+    and ``positions[i]`` its position in that chunk.
+    """
+
+    acts: dict[str, Tensor]
+    """Hookpoint name -> ``(B, width)`` activations."""
+    token_ids: Tensor
+    """``(B,)`` int64."""
+    seq_ids: Tensor
+    """``(B,)`` int64."""
+    positions: Tensor
+    """``(B,)`` int64."""
+
+    def __len__(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> ActivationBatch:
+        return ActivationBatch(
+            acts={k: v.to(device=device, dtype=dtype or v.dtype) for k, v in self.acts.items()},
+            token_ids=self.token_ids.to(device), seq_ids=self.seq_ids.to(device),
+            positions=self.positions.to(device))
