@@ -54,6 +54,8 @@ class DictionaryConfig:
     """Multiplier applied to raw inputs (norm scaling); folded into the weights on save."""
     output_scale: float = 1.0
     """Multiplier applied to raw targets; equals input_scale for autoencoders."""
+    skip_connection: bool = False
+    """Add a learned linear path from input to output (skip transcoders)."""
     dtype: str = "float32"
     """Parameter dtype."""
     hookpoint: str | None = None
@@ -145,6 +147,8 @@ class Dictionary(nn.Module):
         self.W_enc = nn.Parameter(w_enc.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=dtype))
+        if cfg.skip_connection:
+            self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, d_out, dtype=dtype))
 
     # ---- the forward pass, split so that variants override one piece ----
 
@@ -170,8 +174,17 @@ class Dictionary(nn.Module):
         out = codes @ self.W_dec + self.b_dec
         return out / self.cfg.output_scale if self.cfg.output_scale != 1.0 else out
 
+    def skip(self, x_scaled: Tensor) -> Tensor | None:
+        """The linear skip path in scaled output space, or None without one."""
+        return x_scaled @ self.W_skip if self.cfg.skip_connection else None
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+        """Reconstruction (or transcoded output) of raw inputs in raw output space."""
+        if not self.cfg.skip_connection:
+            return self.decode(self.encode(x))
+        xs = self.scale_input(x)
+        out = self.activation(self.pre_acts(xs)) @ self.W_dec + self.b_dec + self.skip(xs)
+        return out / self.cfg.output_scale
 
     # ---- training ----
 
@@ -191,6 +204,8 @@ class Dictionary(nn.Module):
         pre = self.pre_acts(x)
         codes = self.activation(pre)
         recon = codes @ self.W_dec + self.b_dec
+        if self.cfg.skip_connection:
+            recon = recon + self.skip(x)
         mse = (recon - target).pow(2).sum(-1).mean()
         terms = {"mse": mse, **self.loss_terms(x, target, pre, codes, recon, ctx)}
         loss = sum(terms.values())
@@ -245,6 +260,8 @@ class Dictionary(nn.Module):
         else:
             self.W_dec.div_(t)
             self.b_dec.div_(t)
+        if self.cfg.skip_connection:
+            self.W_skip.mul_(s / t)
         self.fold_extra_scales(s, t)
         self.cfg.input_scale = 1.0
         self.cfg.output_scale = 1.0
