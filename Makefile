@@ -18,8 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-install-peers: $(STAMP)  ## sae-lens, eai-sparsify, dictionary-learning for interop tests and benchmarks
+PEERS := $(VENV)/.peers-installed
+
+# sae-lens, eai-sparsify and dictionary-learning, for the interop tests and the speed benchmark.
+# dictionary-learning pins nnsight, which asks for an unpinned torchvision (a CUDA build that
+# breaks `import transformers` here); nothing needs torchvision, so those two come without deps.
+$(PEERS): $(STAMP)
 	$(PY) -m pip install --quiet torch==2.13.0 -e '.[peers]'
+	$(PY) -m pip install --quiet --no-deps dictionary-learning==0.1.0 nnsight==0.3.7
+	$(PY) -m pip install --quiet torch==2.13.0 circuitsvis datasets einops llvmlite pandas plotly \
+		umap-learn wandb zstandard 'python-socketio[client]' sentencepiece diffusers protobuf
+	touch $(PEERS)
+
+install-peers: $(PEERS)
 
 browser:  ## Debian chromium for the report's browser test (needs root or sudo)
 	@command -v chromium >/dev/null 2>&1 || bash scripts/install-chromium.sh
@@ -27,7 +38,7 @@ browser:  ## Debian chromium for the report's browser test (needs root or sudo)
 run: $(STAMP)
 	$(VENV)/bin/sparselens run
 
-test: $(STAMP) browser
+test: $(STAMP) $(PEERS) browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
