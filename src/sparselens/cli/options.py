@@ -76,7 +76,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
                    else f.default_factory() if f.default_factory is not dataclasses.MISSING
                    else None)
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        help_text = docs.get(f.name, "")
+        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         help_text += " (required)" if required else f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": name, "help": help_text, "default": argparse.SUPPRESS}
         origin = typing.get_origin(tp)

@@ -1,0 +1,230 @@
+"""What the model loses when its activation is replaced by the dictionary's reconstruction.
+
+Four forward passes per batch of held-out sequences, differing only at the hookpoint:
+
+- ``clean``: untouched;
+- ``spliced``: the activation replaced by the dictionary's output;
+- ``spliced_with_error``: replaced by output + (activation − output), i.e. the original up to
+  float error: a check that splicing itself is faithful (its CE must equal the clean CE);
+- ``zero_ablation``: replaced by zeros.
+
+Replacement happens only at non-special positions (BOS, EOS, pad keep their activations: they
+are outliers the dictionary was not trained on). Averages run over next-token predictions
+made at a non-special position whose target token is not special either.
+``loss_recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean)``; KL is KL(clean ‖ spliced),
+mean per prediction. For a transcoder the input is read at ``hookpoint`` and the output
+replaced at its target hookpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparselens.dictionaries.base import Dictionary
+from sparselens.models.hookpoints import Hookpoint, hooks, resolve
+from sparselens.models.source import LoadedModel
+
+MODES = ("clean", "spliced", "spliced_with_error", "zero_ablation")
+ROWS_PER_CHUNK = 64
+"""Rows of logits turned into log-probabilities at a time (vocabularies reach 262k)."""
+
+Replace = Callable[[Tensor, Tensor], Tensor]
+"""``(input activation, activation to replace) -> replacement`` at the spliced site."""
+
+
+@dataclass
+class SequenceBatch:
+    """Token ids ``(B, L)`` and where they are special ``(B, L)``."""
+
+    ids: Tensor
+    special: Tensor
+
+
+@torch.no_grad()
+def spliced_metrics(dictionary: Dictionary, loaded_model: LoadedModel, hookpoint: str | None,
+                    token_chunks: Iterable[Any], *, target_hookpoint: str | None = None,
+                    batch_size: int = 2) -> dict[str, Any]:
+    """CE of the clean, spliced, spliced-with-error and zero-ablated model, KL and loss recovered.
+
+    `token_chunks` yields chunks with ``.ids`` and ``.special`` (`sparselens.data.chunking.Chunk`)
+    or plain id tensors ``(L,)``/``(B, L)``, whose special positions are then found from the
+    tokenizer. Pass held-out sequences only. `hookpoint` (and a transcoder's
+    `target_hookpoint`) default to the names recorded in the dictionary's config.
+    """
+    model = loaded_model.model
+    sites = _sites(model, dictionary, hookpoint, target_hookpoint)
+    sums = dict.fromkeys([f"ce_{m}" for m in MODES] + [f"kl_{m}" for m in MODES[1:]], 0.0)
+    counts = dict.fromkeys(["n_sequences", "n_predictions", "n_spliced_positions"], 0)
+    was_training = dictionary.training
+    dictionary.eval()
+    try:
+        for batch in _batches(token_chunks, loaded_model.tokenizer, batch_size):
+            ids = batch.ids.to(loaded_model.device)
+            keep = (~batch.special).to(ids.device)
+            predictions = Predictions.of(ids, keep)
+            if predictions.labels.numel() == 0:
+                continue
+            for key, value in _batch_sums(model, dictionary, sites, ids, keep,
+                                          predictions).items():
+                sums[key] += value
+            counts["n_sequences"] += ids.shape[0]
+            counts["n_predictions"] += predictions.labels.shape[0]
+            counts["n_spliced_positions"] += int(keep.sum())
+    finally:
+        dictionary.train(was_training)
+    if counts["n_predictions"] == 0:
+        raise ValueError("no next-token predictions to evaluate: pass held-out sequences of at "
+                         "least two non-special tokens")
+    result: dict[str, Any] = {k: v / counts["n_predictions"] for k, v in sums.items()}
+    result["loss_recovered"] = loss_recovered(result["ce_clean"], result["ce_spliced"],
+                                              result["ce_zero_ablation"])
+    return result | counts
+
+
+@dataclass
+class Predictions:
+    """The next-token predictions that count: logits row ``(batch[i], position[i])`` should
+    predict ``labels[i]``."""
+
+    batch: Tensor
+    position: Tensor
+    labels: Tensor
+
+    @classmethod
+    def of(cls, ids: Tensor, keep: Tensor) -> Predictions:
+        batch, position = (keep[:, :-1] & keep[:, 1:]).nonzero(as_tuple=True)
+        return cls(batch, position, ids[batch, position + 1])
+
+    def chunks(self, logits: Tensor) -> Iterator[tuple[slice, Tensor]]:
+        """float32 log-probabilities of the counted rows, a few rows at a time (a vocabulary of
+        262k makes a full ``(tokens, vocab)`` copy expensive)."""
+        for start in range(0, self.labels.shape[0], ROWS_PER_CHUNK):
+            rows = slice(start, start + ROWS_PER_CHUNK)
+            chunk = logits[self.batch[rows], self.position[rows]].float()
+            yield rows, torch.log_softmax(chunk, dim=-1)
+
+
+def _batch_sums(model: torch.nn.Module, dictionary: Dictionary, sites: tuple[Hookpoint, Hookpoint],
+                ids: Tensor, keep: Tensor, predictions: Predictions) -> dict[str, float]:
+    """Summed CE of every mode and summed KL to the clean model, for one batch."""
+    logits = model(input_ids=ids, use_cache=False).logits
+    clean = torch.cat([lp for _, lp in predictions.chunks(logits)])
+    del logits
+    sums = {"ce_clean": _nll(clean, predictions.labels)}
+    for mode in MODES[1:]:
+        with _splice(model, *sites, keep, _replacement(mode, dictionary)):
+            logits = model(input_ids=ids, use_cache=False).logits
+        sums[f"ce_{mode}"] = sums[f"kl_{mode}"] = 0.0
+        for rows, log_probs in predictions.chunks(logits):
+            sums[f"ce_{mode}"] += _nll(log_probs, predictions.labels[rows])
+            reference = clean[rows]
+            sums[f"kl_{mode}"] += float((reference.exp() * (reference - log_probs))
+                                        .sum(dtype=torch.float64))
+        del logits
+    return sums
+
+
+def _nll(log_probs: Tensor, labels: Tensor) -> float:
+    return float(-log_probs.gather(1, labels[:, None]).sum(dtype=torch.float64))
+
+
+def loss_recovered(ce_clean: float, ce_spliced: float, ce_ablated: float) -> float:
+    """(CE_ablated − CE_spliced) / (CE_ablated − CE_clean): 1 when splicing costs nothing, 0 when
+    it is as bad as zero-ablation; NaN when ablation does not hurt (the ratio is undefined)."""
+    denominator = ce_ablated - ce_clean
+    return (ce_ablated - ce_spliced) / denominator if denominator != 0 else float("nan")
+
+
+def _sites(model: torch.nn.Module, dictionary: Dictionary, hookpoint: str | None,
+           target_hookpoint: str | None) -> tuple[Hookpoint, Hookpoint]:
+    """(where the dictionary reads, where its output goes) as resolved hookpoints."""
+    spec = hookpoint or dictionary.cfg.hookpoint
+    if spec is None:
+        raise ValueError("the dictionary does not record its hookpoint; pass hookpoint=...")
+    source = _one(model, spec)
+    target_spec = target_hookpoint or dictionary.cfg.target_hookpoint
+    return source, (_one(model, target_spec) if target_spec else source)
+
+
+def _one(model: torch.nn.Module, spec: str) -> Hookpoint:
+    found = resolve(model, spec)
+    if len(found) != 1:
+        raise ValueError(f"hookpoint {spec!r} names {len(found)} sites; splice one at a time")
+    return found[0]
+
+
+def _replacement(mode: str, dictionary: Dictionary) -> Replace:
+    def reconstruct(x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(dictionary.W_dec.dtype)
+        return dictionary(flat).reshape(*x.shape[:-1], -1)
+
+    if mode == "spliced":
+        return lambda x, act: reconstruct(x).to(act.dtype)
+    if mode == "spliced_with_error":
+        def with_error(x: Tensor, act: Tensor) -> Tensor:
+            recon = reconstruct(x)
+            return (recon + (act.to(recon.dtype) - recon)).to(act.dtype)
+
+        return with_error
+    return lambda x, act: torch.zeros_like(act)
+
+
+def _splice(model: torch.nn.Module, source: Hookpoint, target: Hookpoint, keep: Tensor,
+            replace: Replace):
+    """Context manager: at `target`, positions in `keep` get ``replace(input at source, act)``."""
+    seen: dict[str, Tensor] = {}
+
+    def fn(hp: Hookpoint, act: Tensor) -> Tensor | None:
+        if hp == source:
+            seen["input"] = act
+        if hp != target:
+            return None
+        new = replace(seen.pop("input"), act)
+        return torch.where(keep.unsqueeze(-1), new, act)
+
+    return hooks(model, list(dict.fromkeys([source, target])), fn)
+
+
+def _batches(chunks: Iterable[Any], tokenizer: Any, batch_size: int) -> Iterator[SequenceBatch]:
+    """Group sequences of equal length into batches of up to `batch_size`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    special_ids = _special_ids(tokenizer)
+    pending: list[tuple[Tensor, Tensor]] = []
+    for item in chunks:
+        for ids, special in _sequences(item, special_ids):
+            if pending and (len(pending) == batch_size or pending[0][0].shape != ids.shape):
+                yield _stack(pending)
+                pending = []
+            pending.append((ids, special))
+    if pending:
+        yield _stack(pending)
+
+
+def _sequences(item: Any, special_ids: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+    ids = item.ids if hasattr(item, "ids") else torch.as_tensor(item)
+    special = item.special if hasattr(item, "special") else torch.isin(ids, special_ids)
+    if ids.ndim == 1:
+        yield ids.long(), special.bool()
+    elif ids.ndim == 2:
+        yield from zip(ids.long(), special.bool())
+    else:
+        raise ValueError(f"token ids must be (L,) or (B, L), got shape {tuple(ids.shape)}")
+
+
+def _special_ids(tokenizer: Any) -> Tensor:
+    if tokenizer is None:
+        return torch.empty(0, dtype=torch.long)
+    from sparselens.data.chunking import special_token_ids
+
+    return torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
+
+
+def _stack(pending: list[tuple[Tensor, Tensor]]) -> SequenceBatch:
+    return SequenceBatch(ids=torch.stack([p[0] for p in pending]),
+                         special=torch.stack([p[1] for p in pending]))

@@ -1,0 +1,327 @@
+"""The training loop: one for every dictionary variant.
+
+A variant shapes training only through the `Dictionary` hooks (`training_loss`,
+`before_optimizer_step`, `after_optimizer_step`, `initialize_from_data`); the trainer owns the
+rest: Adam and its schedule, gradient clipping, dead-latent tracking, metrics, checkpoints.
+
+Data comes from a factory ``data(skip_batches)`` (see `DataFactory`), so the trainer does not
+care whether batches are read from an activation cache or streamed from a model, and a resumed
+run continues at exactly the batch where the interrupted one stopped. Each step consumes one
+batch, so the step counter is also the data position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparselens.data.batch import ActivationBatch
+from sparselens.dictionaries.base import Dictionary, LossOutput, StepContext, build
+from sparselens.io.atomic import atomic_write_json
+from sparselens.io.native import save_dictionary
+from sparselens.models.source import parse_dtype
+from sparselens.training.checkpoint import (
+    CHECKPOINTS_DIR,
+    LATEST_FILE,
+    find_checkpoint,
+    read_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
+from sparselens.training.config import LogConfig, TrainConfig
+from sparselens.training.dead_latents import DeadLatentTracker
+from sparselens.training.metrics_log import MetricsLog, RunningMetrics, require_package
+from sparselens.training.preparation import (
+    DataFactory,
+    Sites,
+    build_dictionary,
+    check_batch,
+    collect_sample,
+    initialise,
+    non_finite_loss_error,
+    pick_sites,
+)
+from sparselens.training.schedules import lr_factor
+
+METRICS_FILE = "metrics.jsonl"
+CHECKED_BATCHES = 2
+"""Batches fully checked (sites, widths, finiteness) at the start of every `fit` call; later
+batches are watched through the loss, which any NaN/inf input turns non-finite."""
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    """Optimizer steps taken, which is also the number of batches consumed."""
+    tokens_seen: int = 0
+
+
+class Trainer:
+    """Train one dictionary: ``Trainer(cfg, data, out_dir).fit()``, or `Trainer.resume`."""
+
+    def __init__(self, cfg: TrainConfig, data: DataFactory, out_dir: str | Path | None = None,
+                 dictionary: Dictionary | None = None, *, initialize: bool = True) -> None:
+        """Start a run: sample the data, build `cfg.architecture` (or adopt `dictionary`), set
+        the norm scales and run the data-dependent init. ``initialize=False`` adopts
+        `dictionary` as it is (used by `resume`)."""
+        self.cfg = cfg
+        self.data = data
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = _device(cfg.device)
+        self._check_loggers()
+        self.sites: Sites | None = None
+        torch.manual_seed(cfg.seed)
+        if initialize:
+            self._refuse_existing_run()
+            dictionary = self._prepare(dictionary)
+        elif dictionary is None:
+            raise ValueError("initialize=False needs a dictionary to adopt")
+        if dictionary.cfg.n_latents != cfg.n_latents:
+            raise ValueError(f"the dictionary has {dictionary.cfg.n_latents} latents but the "
+                             f"config says n_latents={cfg.n_latents}")
+        self.dictionary = dictionary.to(self.device).train()
+        optim = cfg.optim
+        self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=cfg.peak_lr(),
+                                          betas=(optim.beta1, optim.beta2), eps=optim.eps)
+        self.dead = DeadLatentTracker(cfg.n_latents, cfg.dead_window, self.device)
+        self.progress = Progress()
+        self.running = RunningMetrics()
+        self.lr = 0.0
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._clock = (time.perf_counter(), 0)
+
+    # ---- setup ----
+
+    def _prepare(self, dictionary: Dictionary | None) -> Dictionary:
+        self.sites, x, y = collect_sample(self.data, self.cfg)
+        d_out = (y if y is not None else x).shape[1]
+        if dictionary is None:
+            dictionary = build_dictionary(self.cfg, self.sites, x.shape[1], d_out)
+        elif (dictionary.cfg.d_in, dictionary.cfg.d_out) != (x.shape[1], d_out):
+            raise ValueError(f"the dictionary maps {dictionary.cfg.d_in} -> {dictionary.cfg.d_out}"
+                             f" but the activations are {x.shape[1]} -> {d_out} wide")
+        initialise(dictionary, x, y, self.cfg.normalize_input)
+        return dictionary
+
+    def _check_loggers(self) -> None:
+        if self.cfg.log.tensorboard:
+            require_package("tensorboard", "--log.tensorboard")
+        if self.cfg.log.wandb:
+            require_package("wandb", "--log.wandb")
+
+    def _refuse_existing_run(self) -> None:
+        if self.out_dir is not None and (self.out_dir / CHECKPOINTS_DIR / LATEST_FILE).exists():
+            raise FileExistsError(f"{self.out_dir} already holds a training run; resume it "
+                                  "(--resume) or choose another output folder")
+
+    @classmethod
+    def resume(cls, path: str | Path, data: DataFactory, out_dir: str | Path | None = None,
+               log: LogConfig | None = None) -> Trainer:
+        """Continue a run from a checkpoint folder, or from the latest checkpoint of a run's
+        output folder. The config is the checkpoint's, except `log` if given (logging does not
+        change the result). Checksums are verified first."""
+        checkpoint = find_checkpoint(path)
+        if checkpoint is None:
+            raise FileNotFoundError(f"no checkpoint to resume in {path}; expected "
+                                    f"{Path(path) / CHECKPOINTS_DIR / LATEST_FILE}")
+        meta, state = read_checkpoint(checkpoint)
+        cfg = TrainConfig.from_dict(meta["train_config"])
+        cfg.log = log or cfg.log
+        dictionary = build(meta["architecture"], **meta["dictionary_config"])
+        dictionary.load_state_dict(state["module"])
+        out = out_dir if out_dir is not None else checkpoint.parent.parent
+        trainer = cls(cfg, data, out, dictionary=dictionary, initialize=False)
+        trainer.load_state_dict(state)
+        return trainer
+
+    # ---- the loop ----
+
+    @property
+    def done(self) -> bool:
+        return self.progress.tokens_seen >= self.cfg.n_tokens
+
+    def fit(self) -> Dictionary:
+        """Train until the token budget is spent (or the data runs out); save and return."""
+        log = self._open_log()
+        batches = self.data(self.progress.step)
+        self._clock = (time.perf_counter(), self.progress.tokens_seen)
+        try:
+            for checked in itertools.count():
+                if self.done:
+                    break
+                batch = next(batches, None)
+                if batch is None:
+                    warnings.warn(f"the training data ran out after {self.progress.tokens_seen} "
+                                  f"of {self.cfg.n_tokens} tokens; stopping early", stacklevel=2)
+                    break
+                if checked < CHECKED_BATCHES:
+                    self._check(batch)
+                self.train_step(batch)
+                self._after_step(log)
+            self._report(log)
+            self.save()
+        finally:
+            log.close()
+        return self.dictionary
+
+    def _check(self, batch: ActivationBatch) -> None:
+        self.sites = self.sites or pick_sites(self.cfg, batch)
+        check_batch(batch, self.sites, self.dictionary, self.progress.step)
+
+    def _after_step(self, log: MetricsLog) -> None:
+        step = self.progress.step
+        if step % self.cfg.log.every_steps == 0:
+            self._report(log)
+        every = self.cfg.checkpoint.every_steps
+        if every and step % every == 0 and not self.done:
+            self._report(log)
+            self.save_checkpoint()
+
+    def train_step(self, batch: ActivationBatch) -> None:
+        """One optimizer step on one batch; metrics stay on the device."""
+        x, target = self._inputs(batch)
+        ctx = StepContext(step=self.progress.step, total_steps=self.cfg.total_steps,
+                          dead_mask=self.dead.dead_mask())
+        self._set_lr()
+        with self._autocast():
+            out = self.dictionary.training_loss(x, target, ctx)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.dictionary.before_optimizer_step(ctx)
+        grad_norm = self._clip_gradients()
+        self.optimizer.step()
+        self.dictionary.after_optimizer_step(ctx)
+        self._record(out, x if target is None else target, ctx, grad_norm)
+        self.progress.step += 1
+        self.progress.tokens_seen += x.shape[0]
+
+    def _inputs(self, batch: ActivationBatch) -> tuple[Tensor, Tensor | None]:
+        """Scaled input (and transcoder target) on the training device and dtype."""
+        assert self.sites is not None
+        dtype = self.dictionary.W_dec.dtype
+        x = batch.acts[self.sites.input].to(self.device, dtype, non_blocking=True)
+        x = self.dictionary.scale_input(x)
+        if self.sites.target is None:
+            return x, None
+        y = batch.acts[self.sites.target].to(self.device, dtype, non_blocking=True)
+        return x, y * self.dictionary.cfg.output_scale
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=parse_dtype(self.cfg.autocast))
+
+    def _set_lr(self) -> None:
+        factor = lr_factor(self.progress.step, self.cfg.total_steps, self.cfg.optim)
+        self.lr = self.cfg.peak_lr() * factor
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def _clip_gradients(self) -> Tensor | None:
+        clip = self.cfg.optim.clip_grad_norm
+        if not clip:
+            return None
+        return torch.nn.utils.clip_grad_norm_(self.dictionary.parameters(), clip)
+
+    @torch.no_grad()
+    def _record(self, out: LossOutput, target: Tensor, ctx: StepContext,
+                grad_norm: Tensor | None) -> None:
+        active = out.codes.detach() != 0
+        self.dead.update(active.any(0), target.shape[0])
+        recon = out.recon.detach()
+        variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-30)
+        metrics = {"loss": out.loss, **out.terms,
+                   "fvu": (recon - target).pow(2).sum() / variance,
+                   "l0": active.sum(-1).float().mean(),
+                   "dead_fraction": ctx.dead_mask.float().mean()}  # type: ignore[union-attr]
+        if grad_norm is not None:
+            metrics["grad_norm"] = grad_norm
+        self.running.add(metrics)
+        bad = ~torch.isfinite(out.loss.detach()) & (self._first_bad_step < 0)
+        self._first_bad_step.masked_fill_(bad, self.progress.step)
+
+    # ---- reporting ----
+
+    def _open_log(self) -> MetricsLog:
+        log = self.cfg.log
+        path = (Path(log.path) if log.path
+                else self.out_dir / METRICS_FILE if self.out_dir is not None else None)
+        base = self.out_dir or Path(".")
+        return MetricsLog(path, self.cfg.n_tokens, self.progress.tokens_seen,
+                          resume_step=self.progress.step or None, progress=log.progress,
+                          tensorboard_dir=base / "tensorboard" if log.tensorboard else None,
+                          wandb_project=log.wandb_project if log.wandb else None,
+                          run_config=self.cfg.to_dict())
+
+    def _report(self, log: MetricsLog) -> None:
+        values = self.running.flush()
+        if not values:
+            return
+        self._raise_if_non_finite()
+        now = time.perf_counter()
+        start, tokens_before = self._clock
+        new_tokens = self.progress.tokens_seen - tokens_before
+        record = {"step": self.progress.step, "tokens": self.progress.tokens_seen, "lr": self.lr,
+                  **values, "tokens_per_s": new_tokens / max(now - start, 1e-9)}
+        log.write(record, new_tokens)
+        self._clock = (now, self.progress.tokens_seen)
+
+    def _raise_if_non_finite(self) -> None:
+        step = int(self._first_bad_step)
+        if step >= 0:
+            assert self.sites is not None
+            raise non_finite_loss_error(self.data, self.sites, step)
+
+    # ---- persistence ----
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that determines the rest of the run (besides the config and the data)."""
+        return {"step": self.progress.step, "tokens_seen": self.progress.tokens_seen,
+                "module": {k: v.detach().cpu().clone()
+                           for k, v in self.dictionary.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "dead": self.dead.state_dict(),
+                "rng": rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dictionary.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.dead.load_state_dict(state["dead"])
+        self.progress = Progress(step=int(state["step"]), tokens_seen=int(state["tokens_seen"]))
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a resumable checkpoint (no-op without an output folder)."""
+        if self.out_dir is None:
+            return None
+        self._raise_if_non_finite()  # never let a diverged state replace a good checkpoint
+        meta = {"train_config": self.cfg.to_dict(), "architecture": self.dictionary.architecture,
+                "dictionary_config": self.dictionary.cfg.to_dict(),
+                "tokens_seen": self.progress.tokens_seen}
+        return write_checkpoint(self.out_dir / CHECKPOINTS_DIR, self.dictionary, self.state_dict(),
+                                meta, self.cfg.checkpoint.keep)
+
+    def save(self) -> None:
+        """Final checkpoint, plus the dictionary itself at the top of the output folder."""
+        if self.out_dir is None:
+            return
+        self.save_checkpoint()
+        summary = {"steps": self.progress.step, "tokens_seen": self.progress.tokens_seen,
+                   "train_config": self.cfg.to_dict()}
+        save_dictionary(self.dictionary, self.out_dir, extra={"training": summary})
+        atomic_write_json(self.out_dir / "train_config.json", self.cfg.to_dict())
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
