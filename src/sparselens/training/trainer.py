@@ -28,6 +28,7 @@ from sparselens.dictionaries.base import Dictionary, LossOutput, StepContext, bu
 from sparselens.io.atomic import atomic_write_json
 from sparselens.io.native import save_dictionary
 from sparselens.models.source import parse_dtype
+from sparselens.training import distributed as dp
 from sparselens.training.checkpoint import (
     CHECKPOINTS_DIR,
     LATEST_FILE,
@@ -77,6 +78,7 @@ class Trainer:
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = _device(cfg.device)
+        dp.require_even_split(cfg.batch_size)
         self._check_loggers()
         self.sites: Sites | None = None
         torch.manual_seed(cfg.seed)
@@ -89,6 +91,8 @@ class Trainer:
             raise ValueError(f"the dictionary has {dictionary.cfg.n_latents} latents but the "
                              f"config says n_latents={cfg.n_latents}")
         self.dictionary = dictionary.to(self.device).train()
+        if initialize:
+            dp.synchronise_initialisation(self.dictionary)
         optim = cfg.optim
         self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=cfg.peak_lr(),
                                           betas=(optim.beta1, optim.beta2), eps=optim.eps)
@@ -102,6 +106,7 @@ class Trainer:
     # ---- setup ----
 
     def _prepare(self, dictionary: Dictionary | None) -> Dictionary:
+        # every rank samples the same global batches, so the init matches a single process
         self.sites, x, y = collect_sample(self.data, self.cfg)
         d_out = (y if y is not None else x).shape[1]
         if dictionary is None:
@@ -152,7 +157,7 @@ class Trainer:
     def fit(self) -> Dictionary:
         """Train until the token budget is spent (or the data runs out); save and return."""
         log = self._open_log()
-        batches = self.data(self.progress.step)
+        batches = dp.shard_batches(self.data(self.progress.step))
         self._clock = (time.perf_counter(), self.progress.tokens_seen)
         try:
             for checked in itertools.count():
@@ -196,13 +201,15 @@ class Trainer:
             out = self.dictionary.training_loss(x, target, ctx)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        dp.average_gradients(self.dictionary.parameters())
         self.dictionary.before_optimizer_step(ctx)
         grad_norm = self._clip_gradients()
         self.optimizer.step()
         self.dictionary.after_optimizer_step(ctx)
+        dp.broadcast_state(self.dictionary, include_parameters=False)
         self._record(out, x if target is None else target, ctx, grad_norm)
         self.progress.step += 1
-        self.progress.tokens_seen += x.shape[0]
+        self.progress.tokens_seen += dp.global_rows(x.shape[0])
 
     def _inputs(self, batch: ActivationBatch) -> tuple[Tensor, Tensor | None]:
         """Scaled input (and transcoder target) on the training device and dtype."""
@@ -236,7 +243,7 @@ class Trainer:
     def _record(self, out: LossOutput, target: Tensor, ctx: StepContext,
                 grad_norm: Tensor | None) -> None:
         active = out.codes.detach() != 0
-        self.dead.update(active.any(0), target.shape[0])
+        self.dead.update(dp.fired_on_any_rank(active.any(0)), dp.global_rows(target.shape[0]))
         recon = out.recon.detach()
         variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-30)
         metrics = {"loss": out.loss, **out.terms,
@@ -253,6 +260,8 @@ class Trainer:
 
     def _open_log(self) -> MetricsLog:
         log = self.cfg.log
+        if not dp.is_main_process():
+            return MetricsLog(None, self.cfg.n_tokens, progress=False)
         path = (Path(log.path) if log.path
                 else self.out_dir / METRICS_FILE if self.out_dir is not None else None)
         base = self.out_dir or Path(".")
@@ -263,7 +272,7 @@ class Trainer:
                           run_config=self.cfg.to_dict())
 
     def _report(self, log: MetricsLog) -> None:
-        values = self.running.flush()
+        values = dp.average_metrics(self.running.flush(), self.device)
         if not values:
             return
         self._raise_if_non_finite()
@@ -306,8 +315,12 @@ class Trainer:
         meta = {"train_config": self.cfg.to_dict(), "architecture": self.dictionary.architecture,
                 "dictionary_config": self.dictionary.cfg.to_dict(),
                 "tokens_seen": self.progress.tokens_seen}
-        return write_checkpoint(self.out_dir / CHECKPOINTS_DIR, self.dictionary, self.state_dict(),
-                                meta, self.cfg.checkpoint.keep)
+        path = None
+        if dp.is_main_process():
+            path = write_checkpoint(self.out_dir / CHECKPOINTS_DIR, self.dictionary,
+                                    self.state_dict(), meta, self.cfg.checkpoint.keep)
+        dp.barrier()  # no rank runs ahead (or resumes) before the checkpoint exists
+        return path
 
     def save(self) -> None:
         """Final checkpoint, plus the dictionary itself at the top of the output folder."""
@@ -316,12 +329,14 @@ class Trainer:
         self.save_checkpoint()
         summary = {"steps": self.progress.step, "tokens_seen": self.progress.tokens_seen,
                    "train_config": self.cfg.to_dict()}
-        save_dictionary(self.dictionary, self.out_dir, extra={"training": summary})
-        atomic_write_json(self.out_dir / "train_config.json", self.cfg.to_dict())
+        if dp.is_main_process():
+            save_dictionary(self.dictionary, self.out_dir, extra={"training": summary})
+            atomic_write_json(self.out_dir / "train_config.json", self.cfg.to_dict())
+        dp.barrier()
 
 
 def _device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
+    return dp.local_device(device)

@@ -46,8 +46,17 @@ def cache_data(cache: ActivationCache, cfg: TrainConfig) -> DataFactory:
 
 
 def run(cfg: Config) -> int:
+    """Train in this process, or as one rank of a data-parallel `torchrun` job."""
+    from sparselens.training.distributed import distributed_session
+
+    with distributed_session(cfg.device):
+        return _train(cfg)
+
+
+def _train(cfg: Config) -> int:
     from sparselens.data.cache import ActivationCache
     from sparselens.training.checkpoint import find_checkpoint, saved_train_config
+    from sparselens.training.distributed import is_main_process
     from sparselens.training.trainer import Trainer
 
     if not cfg.cache:
@@ -66,11 +75,13 @@ def run(cfg: Config) -> int:
         _refuse_changed_options(train, saved_train_config(checkpoint))
         trainer = Trainer.resume(checkpoint, cache_data(cache, train), out_dir=cfg.out,
                                  log=train.log)
-        print(f"resuming {cfg.out} at step {trainer.progress.step}")
+        if is_main_process():
+            print(f"resuming {cfg.out} at step {trainer.progress.step}")
     else:
         trainer = Trainer(train, cache_data(cache, train), out_dir=cfg.out)
     trainer.fit()
-    print(f"trained {trainer.progress.tokens_seen} tokens; dictionary saved to {cfg.out}")
+    if is_main_process():
+        print(f"trained {trainer.progress.tokens_seen} tokens; dictionary saved to {cfg.out}")
     return 0
 
 
