@@ -1,0 +1,112 @@
+"""Shared fixtures: tiny models built from configs in code, and the embedded model.
+
+The tiny models have random weights and a byte-level tokenizer (every byte one token, no
+merges), so they load in milliseconds and never touch the network. Their architectures are
+the real Hugging Face classes, so hookpoints resolve exactly as on full-size checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from sparselens.models.source import LoadedModel
+
+TINY_CONTEXT = 16
+
+
+def byte_tokenizer() -> Any:
+    """A fast tokenizer whose vocabulary is the 256 bytes plus ``<pad>``, ``<bos>``, ``<eos>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>",
+                                   eos_token="<eos>", pad_token="<pad>")
+
+
+def _tiny(build: Callable[[], torch.nn.Module], name: str, seed: int) -> LoadedModel:
+    torch.manual_seed(seed)
+    model = build().eval().requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=byte_tokenizer(), name=name)
+
+
+def make_tiny_llama(seed: int = 0) -> LoadedModel:
+    """A 4-block Llama (RMSNorm, rotary, gated MLP), d_model 32."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0)
+    return _tiny(lambda: LlamaForCausalLM(config), f"tiny-llama-{seed}", seed)
+
+
+def make_tiny_gpt2() -> LoadedModel:
+    """A 3-block GPT-2 (LayerNorm, learned positions, Conv1D MLP), d_model 24."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=259, n_embd=24, n_layer=3, n_head=4, n_positions=64,
+                        bos_token_id=1, eos_token_id=2)
+    return _tiny(lambda: GPT2LMHeadModel(config), "tiny-gpt2", 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> LoadedModel:
+    """Tiny random Llama with a byte tokenizer (shared; do not modify its weights)."""
+    return make_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2() -> LoadedModel:
+    """Tiny random GPT-2 with a byte tokenizer (shared; do not modify its weights)."""
+    return make_tiny_gpt2()
+
+
+@pytest.fixture(scope="session")
+def gemma() -> LoadedModel:
+    """The embedded gemma-3-270m in float32 (loaded once per test session; slow tests only)."""
+    from sparselens.models.source import load_model
+
+    return load_model("gemma-3-270m", dtype="float32")
+
+
+def random_chunks(n: int, length: int = TINY_CONTEXT, seed: int = 0, vocab: int = 259,
+                  bos_id: int = 1) -> list:
+    """`n` chunks of random byte tokens, each starting with a BOS marked special.
+
+    Uses the data helper's `Chunk` when it exists; the harvest only needs ``.ids``,
+    ``.special`` and ``.doc_id``.
+    """
+    try:
+        from sparselens.data.chunking import Chunk
+    except ImportError:  # pragma: no cover - the chunking module is written concurrently
+        from types import SimpleNamespace as Chunk  # type: ignore[assignment]
+    gen = torch.Generator().manual_seed(seed)
+    chunks = []
+    for index in range(n):
+        ids = torch.randint(3, vocab, (length,), generator=gen)
+        ids[0] = bos_id
+        special = torch.zeros(length, dtype=torch.bool)
+        special[0] = True
+        chunks.append(Chunk(ids=ids, special=special, doc_id=index // 2))
+    return chunks
+
+
+@pytest.fixture(scope="session")
+def make_chunks() -> Callable[..., list]:
+    """Factory for random chunks: ``make_chunks(n, length=16, seed=0, vocab=259, bos_id=1)``."""
+    return random_chunks
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_b() -> LoadedModel:
+    """A second tiny Llama, same shapes and tokenizer, other weights (for model diffing)."""
+    return make_tiny_llama(seed=1)
