@@ -1,9 +1,11 @@
 """The shared dictionary: an affine encoder, a sparsifying activation, a linear decoder.
 
 Every variant (TopK, JumpReLU, Gated, ...) is a short subclass that overrides only what
-differs, usually `activation` and `loss_terms`. Shared machinery lives here once:
-decoder normalisation with the parallel gradient removed, input-scale folding, saving and
-loading, and a registry so configs and the CLI can name a variant.
+differs, usually `activation` and `loss_terms`, and `training_codes` where the paper trains
+with a batch-dependent or stochastic encoder (inference through `encode`/`forward` is always
+per token). Shared machinery lives here once: decoder normalisation with the parallel
+gradient removed, input-scale folding, saving and loading, and a registry so configs and the
+CLI can name a variant. docs/dictionaries.md describes every variant.
 
 Shapes: inputs are ``(..., d_in)``; codes are ``(..., n_latents)``; outputs ``(..., d_out)``.
 A sparse autoencoder has ``d_out == d_in`` and subtracts ``b_dec`` before encoding
@@ -19,6 +21,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from sparselens.dictionaries.losses import squared_error
 
 REGISTRY: dict[str, type[Dictionary]] = {}
 
@@ -155,23 +159,47 @@ class Dictionary(nn.Module):
     def scale_input(self, x: Tensor) -> Tensor:
         return x * self.cfg.input_scale if self.cfg.input_scale != 1.0 else x
 
+    def centre(self, x: Tensor) -> Tensor:
+        """The encoder's view of (scaled) input: ``x - b_dec`` with a pre-encoder bias."""
+        return x - self.b_dec if self.cfg.pre_encoder_bias else x
+
     def pre_acts(self, x: Tensor) -> Tensor:
         """Affine encoder on (already scaled) input."""
-        if self.cfg.pre_encoder_bias:
-            x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        return self.centre(x) @ self.W_enc + self.b_enc
 
     def activation(self, pre: Tensor) -> Tensor:
-        """The sparsifying nonlinearity; the base is a plain ReLU."""
+        """The sparsifying nonlinearity used at inference; the base is a plain ReLU."""
         return torch.relu(pre)
+
+    def encode_scaled(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(pre-activations, inference codes) for already scaled input.
+
+        Variants whose encoder is not "affine then pointwise" (matching pursuit) override this.
+        """
+        pre = self.pre_acts(x)
+        return pre, self.activation(pre)
+
+    def training_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(pre-activations, codes) used by the training loss.
+
+        The same as inference unless the paper trains with something that depends on the
+        whole batch (BatchTopK, Feature Choice) or is stochastic (variational). Inference
+        (`encode`, `forward`) never depends on the batch, so codes of a token are the same
+        whatever it is batched with, in train or eval mode.
+        """
+        return self.encode_scaled(x)
 
     def encode(self, x: Tensor) -> Tensor:
         """Dense codes ``(..., n_latents)`` for raw inputs."""
-        return self.activation(self.pre_acts(self.scale_input(x)))
+        return self.encode_scaled(self.scale_input(x))[1]
+
+    def decode_scaled(self, codes: Tensor) -> Tensor:
+        """Reconstruction in scaled output space (no skip path)."""
+        return codes @ self.W_dec + self.b_dec
 
     def decode(self, codes: Tensor) -> Tensor:
         """Reconstruction in raw (unscaled) target space."""
-        out = codes @ self.W_dec + self.b_dec
+        out = self.decode_scaled(codes)
         return out / self.cfg.output_scale if self.cfg.output_scale != 1.0 else out
 
     def skip(self, x_scaled: Tensor) -> Tensor | None:
@@ -183,7 +211,7 @@ class Dictionary(nn.Module):
         if not self.cfg.skip_connection:
             return self.decode(self.encode(x))
         xs = self.scale_input(x)
-        out = self.activation(self.pre_acts(xs)) @ self.W_dec + self.b_dec + self.skip(xs)
+        out = self.decode_scaled(self.encode_scaled(xs)[1]) + self.skip(xs)
         return out / self.cfg.output_scale
 
     # ---- training ----
@@ -201,13 +229,12 @@ class Dictionary(nn.Module):
         """
         ctx = ctx or StepContext()
         target = x if target is None else target
-        pre = self.pre_acts(x)
-        codes = self.activation(pre)
-        recon = codes @ self.W_dec + self.b_dec
+        pre, codes = self.training_codes(x)
+        recon = self.decode_scaled(codes)
         if self.cfg.skip_connection:
             recon = recon + self.skip(x)
-        mse = (recon - target).pow(2).sum(-1).mean()
-        terms = {"mse": mse, **self.loss_terms(x, target, pre, codes, recon, ctx)}
+        extra = self.loss_terms(x, target, pre, codes, recon, ctx)
+        terms = {"mse": squared_error(recon, target), **extra}
         loss = sum(terms.values())
         return LossOutput(loss=loss, recon=recon, codes=codes, terms=terms)  # type: ignore[arg-type]
 
@@ -252,19 +279,19 @@ class Dictionary(nn.Module):
         if s == 1.0 and t == 1.0:
             return
         self.W_enc.mul_(s)
-        if self.cfg.pre_encoder_bias:
-            # b_dec is subtracted from the s-scaled input; in raw space it is b_dec / s, and it
-            # is also the decoder's output bias in t-scaled space (s == t for autoencoders).
-            self.b_dec.div_(s)
-            self.W_dec.div_(t)
-        else:
-            self.W_dec.div_(t)
-            self.b_dec.div_(t)
+        # b_dec is the output bias in t-scaled space; for an autoencoder it is also subtracted
+        # from the s-scaled input, and there s == t, so dividing by t serves both roles.
+        self.b_dec.div_(t)
+        self.scale_decoder_(1.0 / t)
         if self.cfg.skip_connection:
             self.W_skip.mul_(s / t)
         self.fold_extra_scales(s, t)
         self.cfg.input_scale = 1.0
         self.cfg.output_scale = 1.0
+
+    def scale_decoder_(self, factor: float) -> None:
+        """Multiply the decoder atoms in place (variants with a derived decoder override)."""
+        self.W_dec.mul_(factor)
 
     def fold_extra_scales(self, s: float, t: float) -> None:
         """Variants with extra input- or output-space parameters fold them here."""

@@ -1,4 +1,8 @@
-"""Loss terms as free functions, so variants compose them instead of copying them."""
+"""Loss terms as free functions, so variants compose them instead of copying them.
+
+Conventions: a reconstruction error is the squared norm per token, averaged over tokens; a
+penalty is summed over latents and averaged over tokens.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,35 @@ import torch
 from torch import Tensor
 
 
+def squared_error(recon: Tensor, target: Tensor) -> Tensor:
+    """Squared error norm per token, averaged over tokens."""
+    return (recon - target).pow(2).sum(-1).mean()
+
+
 def auxk_loss(pre: Tensor, residual: Tensor, W_dec: Tensor, dead_mask: Tensor | None,
-              k_aux: int, mse_scale: Tensor | None = None) -> Tensor:
+              k_aux: int, mse_scale: Tensor | None = None, by_magnitude: bool = False) -> Tensor:
     """AuxK (Gao et al., appendix A.2): reconstruct the main model's error from the top
     ``k_aux`` *dead* latents, with the error as a stop-gradient target.
 
     Normalised as in the paper: the auxiliary MSE divided by the MSE of predicting the error by
     its mean (here, its variance per token), so the term is scale-free; it is zero when nothing
     is dead. ``pre`` are pre-activations ``(B, n)``; ``residual = target - recon`` ``(B, d)``.
+    With `by_magnitude` (AbsTopK) latents are ranked by ``|pre|`` and keep their sign;
+    otherwise the values go through a ReLU.
     """
     if dead_mask is None or not bool(dead_mask.any()) or k_aux <= 0:
         return pre.new_zeros(())
     k = min(k_aux, int(dead_mask.sum()))
-    masked = torch.where(dead_mask, pre, torch.full_like(pre, -torch.inf))
-    values, indices = masked.topk(k, dim=-1, sorted=False)
-    values = torch.relu(values)
+    score = pre.abs() if by_magnitude else pre
+    masked = torch.where(dead_mask, score, torch.full_like(score, -torch.inf))
+    indices = masked.topk(k, dim=-1, sorted=False).indices
+    values = pre.gather(-1, indices)
+    if not by_magnitude:
+        values = torch.relu(values)
     aux_recon = torch.nn.functional.embedding_bag(
         indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
     err = residual.detach()
-    aux_mse = (aux_recon - err).pow(2).sum(-1).mean()
+    aux_mse = squared_error(aux_recon, err)
     scale = (err - err.mean(0)).pow(2).sum(-1).mean() if mse_scale is None else mse_scale
     return aux_mse / scale.clamp_min(1e-12)
 
@@ -35,3 +49,42 @@ def l1_penalty(codes: Tensor, W_dec: Tensor | None = None) -> Tensor:
     if W_dec is None:
         return codes.abs().sum(-1).mean()
     return (codes.abs() * W_dec.norm(dim=-1)).sum(-1).mean()
+
+
+def lp_penalty(codes: Tensor, p: float) -> Tensor:
+    """``Σ_i |f_i|^p`` per token, averaged (the Lp^p penalty of p-annealing).
+
+    Zero codes contribute 0 and no gradient: the derivative of ``|f|^p`` at 0 is infinite for
+    p < 1, and the `where` keeps that infinity out of the backward pass.
+    """
+    magnitude = codes.abs()
+    active = magnitude > 0
+    safe = torch.where(active, magnitude, torch.ones_like(magnitude))
+    return torch.where(active, safe.pow(p), torch.zeros_like(magnitude)).sum(-1).mean()
+
+
+def target_l0_penalty(l0: Tensor, target: float) -> Tensor:
+    """``(L0 / L0_target - 1)^2``: pulls the mean L0 of the batch towards a target instead of
+    penalising every active latent (an option for JumpReLU; not the paper's default)."""
+    return (l0 / target - 1.0).pow(2)
+
+
+def kl_to_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
+    """``KL(N(μ, σ²) || N(0, 1))`` summed over latents, averaged over tokens."""
+    return 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(-1).mean()
+
+
+def norm_matching_loss(code_norm: Tensor, afa: Tensor) -> Tensor:
+    """``(||f||_2 - AFA)^2`` averaged over tokens (the AFA loss of the top-AFA SAE)."""
+    return (code_norm - afa).pow(2).mean()
+
+
+def prefix_partials(codes: Tensor, W_dec: Tensor, sizes: list[int]) -> Tensor:
+    """Cumulative decodes of nested prefixes, ``(len(sizes), B, d)``: entry j is
+    ``codes[:, :m_j] @ W_dec[:m_j]`` with ``m_j = sizes[0] + ... + sizes[j]``.
+
+    Each group's slice of the dictionary is decoded once and the prefixes are running sums.
+    """
+    parts = torch.stack([piece @ W for piece, W in zip(codes.split(sizes, dim=-1),
+                                                       W_dec.split(sizes, dim=0))])
+    return parts.cumsum(0)

@@ -1,0 +1,83 @@
+"""BatchTopK SAE (Bussmann, Leask and Nanda, "BatchTopK Sparse Autoencoders", 2024).
+
+Training keeps the ``k * B`` largest activations of the whole batch instead of k per token, so
+hard tokens get more latents and easy ones fewer, with k active per token on average. A token's
+codes then depend on its batch, which is wrong at inference; the paper replaces the batch
+selection by a JumpReLU with one global threshold θ, estimated during training as the average
+of the smallest activation kept in each batch. θ is the buffer ``threshold`` (shape ``()``),
+saved with the checkpoint and used by `encode`/`forward` (train or eval mode alike).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparselens.dictionaries.base import register
+from sparselens.dictionaries.thresholds import apply_threshold, ema_update_, min_positive
+from sparselens.dictionaries.topk import TopKBase, TopKConfig
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    threshold_decay: float = 0.9
+    """Decay of the running average of the per-batch minimum kept activation (the inference
+    threshold; the first batch initialises it). 0.9 averages about the last 10 batches: the
+    k*B-th largest activation of a batch varies little between batches, and a short memory
+    follows the activations as they change during training."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.threshold_decay < 1.0:
+            raise ValueError(f"threshold_decay must be in [0, 1), got {self.threshold_decay}")
+
+
+def batch_topk(pre: Tensor, k: int) -> Tensor:
+    """Keep the ``k * B`` largest ReLU activations of a ``(B, n)`` batch, zero the rest."""
+    acts = torch.relu(pre)
+    flat = acts.reshape(-1)
+    n_keep = min(k * acts.reshape(-1, acts.shape[-1]).shape[0], flat.numel())
+    values, indices = flat.topk(n_keep, sorted=False)
+    return torch.zeros_like(flat).scatter(0, indices, values).view_as(acts)
+
+
+@register("batchtopk")
+class BatchTopKSAE(TopKBase):
+    """TopK over the flattened batch in training; a saved threshold at inference."""
+
+    config_class = BatchTopKConfig
+    cfg: BatchTopKConfig
+
+    def __init__(self, cfg: BatchTopKConfig) -> None:
+        super().__init__(cfg)
+        from sparselens.models.source import parse_dtype
+
+        self.register_buffer("threshold", torch.full(self.threshold_shape(), torch.nan,
+                                                     dtype=parse_dtype(cfg.dtype)))
+
+    def threshold_shape(self) -> tuple[int, ...]:
+        """One global threshold."""
+        return ()
+
+    def batch_select(self, pre: Tensor) -> Tensor:
+        """The training-time selection over the whole batch (dense codes)."""
+        return batch_topk(pre, self.cfg.k)
+
+    def observed_threshold(self, codes: Tensor) -> Tensor:
+        """The smallest positive activation the batch selection kept."""
+        return min_positive(codes)
+
+    def training_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pre = self.pre_acts(x)
+        codes = self.batch_select(pre)
+        ema_update_(self.threshold, self.observed_threshold(codes.detach()),
+                    self.cfg.threshold_decay)
+        return pre, codes
+
+    def activation(self, pre: Tensor) -> Tensor:
+        """JumpReLU with the estimated threshold; per-token TopK before any estimate exists."""
+        if bool(torch.isnan(self.threshold).all()):
+            return super().activation(pre)
+        return apply_threshold(pre, self.threshold)

@@ -1,0 +1,115 @@
+"""JumpReLU (Rajamanoharan et al., "Jumping Ahead"): forward math, the straight-through
+pseudo-derivatives against the paper's formulas, and L0 falling under the L0 penalty."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dictionary_helpers import l0_without_and_with_penalty, make, mean_l0, sparse_data, train
+from sparselens.dictionaries import StepContext, build
+from sparselens.dictionaries.ste import heaviside, jumprelu, rectangle
+
+EPS = 0.1
+Z = torch.tensor([[0.50, 1.00, 0.18],
+                  [0.52, 0.30, 0.26],
+                  [0.44, 0.345, 0.00]])
+THETA = torch.tensor([0.50, 0.31, 0.25])
+UPSTREAM = torch.tensor([[1.0, 2.0, 3.0],
+                         [4.0, 5.0, 6.0],
+                         [7.0, 8.0, 9.0]])
+
+
+def test_rectangle_kernel_is_open_unit_interval() -> None:
+    u = torch.tensor([-0.6, -0.5, -0.49, 0.0, 0.49, 0.5, 0.6])
+    assert rectangle(u).tolist() == [0, 0, 1, 1, 1, 0, 0]
+
+
+def test_jumprelu_forward_and_pseudo_derivatives() -> None:
+    z = Z.clone().requires_grad_(True)
+    theta = THETA.clone().requires_grad_(True)
+    out = jumprelu(z, theta, EPS)
+    assert torch.equal(out.detach(), Z * (Z > THETA))
+    (out * UPSTREAM).sum().backward()
+    # By hand: K = 1 where |z - θ| < ε/2 = 0.05, i.e. at (0,0), (1,0), (1,1), (1,2), (2,1);
+    # the upstream gradients there sum to 1+4 = 5, 5+8 = 13 and 6 per latent.
+    torch.testing.assert_close(theta.grad, torch.tensor([-(0.5 / 0.1) * 5, -(0.31 / 0.1) * 13,
+                                                         -(0.25 / 0.1) * 6]))
+    torch.testing.assert_close(z.grad, UPSTREAM * (Z > THETA))
+
+
+def test_heaviside_pseudo_derivative_and_no_gradient_to_z() -> None:
+    z = Z.clone().requires_grad_(True)
+    theta = THETA.clone().requires_grad_(True)
+    step = heaviside(z, theta, EPS)
+    assert torch.equal(step.detach(), (Z > THETA).float())
+    (step * UPSTREAM).sum().backward()
+    torch.testing.assert_close(theta.grad, torch.tensor([-(1 / 0.1) * 5, -(1 / 0.1) * 13,
+                                                         -(1 / 0.1) * 6]))
+    assert z.grad is None or bool((z.grad == 0).all())
+
+
+def test_model_threshold_gradient_matches_paper_formula() -> None:
+    """dL/dθ_i = Σ_b [∂mse/∂f_bi · (-θ_i/ε) K_bi] + λ/B Σ_b (-1/ε) K_bi, end to end."""
+    torch.manual_seed(0)
+    model = build("jumprelu", d_in=4, n_latents=3, sparsity_coef=0.7, bandwidth=EPS)
+    with torch.no_grad():
+        model.W_enc.copy_(torch.eye(4)[:, :3])
+        model.b_enc.zero_()
+        model.b_dec.zero_()
+        model.threshold.copy_(THETA)
+    x = torch.cat([Z, torch.rand(3, 1)], dim=1)
+    out = model.training_loss(x, ctx=StepContext(step=5, total_steps=5))
+    out.loss.backward()
+    pre = x[:, :3]
+    codes = pre * (pre > THETA)
+    recon = codes @ model.W_dec.detach() + model.b_dec.detach()
+    dmse_df = 2 / 3 * (recon - x) @ model.W_dec.detach().T
+    window = (((pre - THETA) / EPS).abs() < 0.5).float()
+    expected = (dmse_df * -(THETA / EPS) * window).sum(0) + 0.7 / 3 * (-(1 / EPS) * window).sum(0)
+    torch.testing.assert_close(model.threshold.grad, expected)
+    torch.testing.assert_close(out.terms["l0"], 0.7 * (pre > THETA).float().sum(1).mean())
+
+
+def test_no_pre_encoder_bias_by_default_and_threshold_clamped() -> None:
+    model = build("jumprelu", d_in=4, n_latents=3)
+    assert model.cfg.pre_encoder_bias is False
+    with torch.no_grad():
+        model.threshold.fill_(-1.0)
+    model.after_optimizer_step(StepContext())
+    assert bool((model.threshold == 0).all())
+
+
+def test_sparsity_warmup_scales_the_penalty() -> None:
+    model = build("jumprelu", d_in=4, n_latents=3, sparsity_coef=1.0, sparsity_warmup=0.5)
+    x = torch.randn(8, 4)
+    early = model.training_loss(x, ctx=StepContext(step=1, total_steps=4)).terms["l0"]
+    late = model.training_loss(x, ctx=StepContext(step=3, total_steps=4)).terms["l0"]
+    torch.testing.assert_close(early * 2, late)
+
+
+def test_l0_falls_under_the_l0_penalty() -> None:
+    start = mean_l0(make("jumprelu"), sparse_data(2048))
+    free, penalised = l0_without_and_with_penalty("jumprelu", 0.1)
+    assert penalised < 0.5 * start
+    assert penalised < 0.7 * free
+
+
+def test_target_l0_option() -> None:
+    model = make("jumprelu", sparsity_coef=1.0, target_l0=6.0)
+    x = sparse_data(2048)
+    pre = model.pre_acts(x[:64])
+    l0 = (pre > model.threshold).float().sum(-1).mean()
+    terms = model.loss_terms(x[:64], x[:64], pre, model.activation(pre), x[:64],
+                             StepContext(step=1, total_steps=1))
+    torch.testing.assert_close(terms["l0_target"], (l0 / 6.0 - 1) ** 2)
+    start = mean_l0(model, x)
+    train(model, x, steps=150)
+    assert abs(mean_l0(model, x) - 6.0) < abs(start - 6.0) / 3
+
+
+@pytest.mark.parametrize("bad", [{"bandwidth": 0.0}, {"target_l0": 0.0},
+                                 {"sparsity_coef": -1.0}, {"sparsity_warmup": 2.0}])
+def test_bad_config_is_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        build("jumprelu", d_in=4, n_latents=8, **bad)
