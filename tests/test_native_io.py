@@ -60,7 +60,7 @@ def test_missing_checkpoint_says_what_to_pass(tmp_path):
 
 
 def test_bad_configs_are_explained():
-    with pytest.raises(ValueError, match="k must be in 1..n_latents"):
+    with pytest.raises(ValueError, match="k must be .*1..n_latents"):
         build("topk", d_in=8, n_latents=16, k=17)
     with pytest.raises(ValueError, match="unknown architecture"):
         build("nope", d_in=8, n_latents=16)

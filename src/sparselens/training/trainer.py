@@ -94,8 +94,11 @@ class Trainer:
         if initialize:
             dp.synchronise_initialisation(self.dictionary)
         optim = cfg.optim
+        # The fused kernel is 4-6x faster than the default per-tensor loop on CPU (see
+        # docs/performance.md); it exists for CPU and CUDA floating-point parameters.
         self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=cfg.peak_lr(),
-                                          betas=(optim.beta1, optim.beta2), eps=optim.eps)
+                                          betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                                          fused=self.device.type in ("cpu", "cuda"))
         self.dead = DeadLatentTracker(cfg.n_latents, cfg.dead_window, self.device)
         self.progress = Progress()
         self.running = RunningMetrics()
@@ -242,13 +245,13 @@ class Trainer:
     @torch.no_grad()
     def _record(self, out: LossOutput, target: Tensor, ctx: StepContext,
                 grad_norm: Tensor | None) -> None:
-        active = out.codes.detach() != 0
-        self.dead.update(dp.fired_on_any_rank(active.any(0)), dp.global_rows(target.shape[0]))
+        fired, l0 = _activity(out, self.cfg.n_latents)
+        self.dead.update(dp.fired_on_any_rank(fired), dp.global_rows(target.shape[0]))
         recon = out.recon.detach()
         variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-30)
         metrics = {"loss": out.loss, **out.terms,
                    "fvu": (recon - target).pow(2).sum() / variance,
-                   "l0": active.sum(-1).float().mean(),
+                   "l0": l0,
                    "dead_fraction": ctx.dead_mask.float().mean()}  # type: ignore[union-attr]
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
@@ -333,6 +336,19 @@ class Trainer:
             save_dictionary(self.dictionary, self.out_dir, extra={"training": summary})
             atomic_write_json(self.out_dir / "train_config.json", self.cfg.to_dict())
         dp.barrier()
+
+
+def _activity(out: LossOutput, n_latents: int) -> tuple[Tensor, Tensor]:
+    """Which latents fired in the batch, and the mean L0. Sparse kernels hand over their
+    (values, indices) so the dense batch x latents code matrix is never built for this."""
+    sparse = getattr(out, "sparse", None)
+    if sparse is None:
+        active = out.codes.detach() != 0
+        return active.any(0), active.sum(-1).float().mean()
+    nonzero = sparse.codes.detach() != 0
+    fired = torch.zeros(n_latents, dtype=torch.bool, device=nonzero.device)
+    fired[sparse.indices[nonzero]] = True
+    return fired, nonzero.sum().float() / out.recon.shape[0]
 
 
 def _device(name: str) -> torch.device:

@@ -1,0 +1,373 @@
+"""Fast training kernels for top-k dictionaries: never materialise the dense code matrix.
+
+A plain TopK step builds the dense ``batch x latents`` pre-activation matrix, runs ReLU, top-k
+and a scatter over it, decodes with a dense GEMM and back-propagates through all of it. Each
+of those passes costs about as much as the encoder GEMM (docs/performance.md has the numbers).
+Here only the encoder GEMM stays dense; everything after it touches ``batch x k`` entries:
+
+1. `select_topk`: the pre-activations are computed a tile of rows at a time into one reused
+   buffer (it stays in cache, and no fresh 100 MB tensor is page-faulted in every step), and the
+   exact top-k of each row is found from group maxima (`grouped_topk`) instead of a full
+   ``topk`` over every latent. No autograd graph is recorded for this part.
+2. `SparsePattern`: the selected ``(token, latent)`` pairs in token order (for decoding) and in
+   latent order (for the weight gradients), built once per step by one ``argsort``.
+3. `gathered_pre_acts`: an autograd function whose output is the selected pre-activations and
+   whose backward is sparse: ``dW_enc = X^T G`` with ``k`` non-zeros per row of ``G``, computed
+   as an ``embedding_bag`` over the rows of X with one bag per latent; ``db_enc`` by
+   ``index_add``; ``db_dec`` as ``-W_enc db_enc``.
+4. `sparse_decode`: ``codes @ W_dec`` as an ``embedding_bag`` over the decoder rows; backward by
+   a sampled dense-dense product (only the ``k`` needed dot products per token, ``SDDMM``) and
+   ``dW_dec`` as another per-latent ``embedding_bag``.
+
+Sparse parts run in float32 (accurate; the CPU sparse kernels have no bfloat16 SDDMM); only the
+encoder GEMM may run in bfloat16 with float32 accumulation (`matmul_dtype`). Everything is
+plain torch, so the same code runs on CUDA; `tests/test_kernels.py` checks values, codes and all
+gradients against autograd through a dense reference. Design measurements: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sparselens.dictionaries.base import LossOutput
+
+GROUP_SIZE = 16
+"""Latents per group in `grouped_topk` (measured: 8-32 are equally fast, see docs)."""
+TILE_ROWS = 1024
+"""Rows of the pre-activation matrix computed at once in `select_topk` (measured best of
+256-4096 at 4096 x 9216; fewer, larger tiles also suffer less on a loaded machine)."""
+
+
+def grouped_topk(pre: Tensor, k: int, group_size: int = GROUP_SIZE) -> tuple[Tensor, Tensor]:
+    """Exact ``pre.topk(k, dim=-1)`` of a 2-D tensor (values, indices; unordered), faster.
+
+    Split each row's ``n`` entries into ``n / group_size`` groups (strided, so the group
+    maximum is a fast reduction over a non-contiguous axis) and take the k groups with the
+    largest maxima. The k-th largest group maximum ``t`` is a value that at least k entries reach,
+    so every top-k entry is ``>= t`` and lies in a group whose maximum is ``>= t``: one of those
+    k groups. The answer is then the top-k of only ``k * group_size`` candidates. Ties at the
+    k-th value may pick different (equal-valued) entries than ``torch.topk``.
+    """
+    rows, n = pre.shape
+    if n % group_size or k * group_size >= n:
+        return pre.topk(k, dim=-1, sorted=False)
+    groups = n // group_size
+    grouped = pre.view(rows, group_size, groups)  # entry (j, g) is latent j * groups + g
+    top_groups = grouped.amax(1).topk(k, dim=-1, sorted=False).indices  # (rows, k)
+    members = top_groups[:, None, :] + torch.arange(0, n, groups, device=pre.device)[:, None]
+    candidates = grouped.gather(2, top_groups[:, None, :].expand(rows, group_size, k))
+    values, position = candidates.reshape(rows, group_size * k).topk(k, dim=-1, sorted=False)
+    return values, members.reshape(rows, group_size * k).gather(1, position)
+
+
+@torch.no_grad()
+def select_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k: int,
+                matmul_dtype: torch.dtype | None = None, tile_rows: int = TILE_ROWS,
+                by_magnitude: bool = False) -> tuple[Tensor, Tensor]:
+    """The k largest pre-activations ``(x - b_dec) @ W_enc + b_enc`` of every row of `x`
+    (largest in absolute value with `by_magnitude`).
+
+    Returns float32 values (raw: signed, before any ReLU) and int64 latent indices, ``(B, k)``.
+    `matmul_dtype` (e.g. ``torch.bfloat16``) runs the GEMM in that dtype with float32
+    accumulation; the selection then sees pre-activations rounded to it.
+    """
+    dtype = matmul_dtype or W_enc.dtype
+    centred = x - b_dec if b_dec is not None else x
+    centred, weight, bias = centred.to(dtype), W_enc.to(dtype), b_enc.to(dtype)
+    rows = x.shape[0]
+    tile = torch.empty(min(tile_rows, rows), W_enc.shape[1], dtype=dtype, device=x.device)
+    values, indices = [], []
+    for start in range(0, rows, tile.shape[0]):
+        part = centred[start:start + tile.shape[0]]
+        pre = torch.addmm(bias, part, weight, out=tile[:part.shape[0]])
+        if by_magnitude:
+            top_indices = grouped_topk(pre.abs(), k)[1]
+            top_values = pre.gather(1, top_indices)
+        else:
+            top_values, top_indices = grouped_topk(pre, k)
+        values.append(top_values.float())
+        indices.append(top_indices)
+    return torch.cat(values), torch.cat(indices)
+
+
+@dataclass(frozen=True)
+class SparsePattern:
+    """The active ``(token, latent)`` entries, flat and in token order, with offsets both ways.
+
+    Values of the entries travel as flat ``(E,)`` tensors in the same order. TopK has exactly
+    k entries per token; BatchTopK a varying number.
+    """
+
+    tokens: Tensor
+    """``(E,)`` token of each entry, non-decreasing."""
+    latents: Tensor
+    """``(E,)`` latent of each entry (unsorted within a token)."""
+    token_rows: Tensor
+    """``(B + 1,)`` offsets of each token's entries (CSR row pointers)."""
+    n_latents: int
+    latent_order: Tensor
+    """Permutation of the entries that sorts them by latent (stable in token)."""
+    latent_rows: Tensor
+    """``(n_latents + 1,)`` offsets of each latent's entries in latent order."""
+    latent_tokens: Tensor
+    """Token of each entry, in latent order."""
+
+    @classmethod
+    def from_rows(cls, indices: Tensor, n_latents: int) -> SparsePattern:
+        """k entries per token: ``indices`` is ``(B, k)``."""
+        rows, k = indices.shape
+        tokens = torch.arange(rows, device=indices.device).repeat_interleave(k)
+        return cls.from_entries(tokens, indices.reshape(-1), rows, n_latents)
+
+    @classmethod
+    def from_entries(cls, tokens: Tensor, latents: Tensor, n_tokens: int,
+                     n_latents: int) -> SparsePattern:
+        order = torch.argsort(latents, stable=True)
+        return cls(tokens=tokens, latents=latents, n_latents=n_latents,
+                   token_rows=_offsets(tokens, n_tokens), latent_order=order,
+                   latent_rows=_offsets(latents[order], n_latents), latent_tokens=tokens[order])
+
+    @property
+    def n_tokens(self) -> int:
+        return self.token_rows.shape[0] - 1
+
+    def by_token(self, values: Tensor) -> Tensor:
+        """Sparse CSR ``(B, n_latents)`` holding `values` at the entries."""
+        return _csr(self.token_rows, self.latents, values, (self.n_tokens, self.n_latents))
+
+    def decode(self, values: Tensor, W_dec: Tensor) -> Tensor:
+        """``codes @ W_dec`` ``(B, d)``: an `embedding_bag` with one bag per token."""
+        return F.embedding_bag(self.latents, W_dec, self.token_rows[:-1],
+                               per_sample_weights=values, mode="sum")
+
+    def gather_tokens(self, values: Tensor, rows: Tensor) -> Tensor:
+        """``codes^T @ rows`` ``(n_latents, d)`` for `rows` ``(B, d)``.
+
+        An `embedding_bag` over `rows` with one bag per latent (the entries in latent order):
+        measured faster than a sparse-dense product, whose CPU wrapper zero-fills and copies
+        its ``n x d`` output.
+        """
+        return F.embedding_bag(self.latent_tokens, rows, self.latent_rows[:-1],
+                               per_sample_weights=values[self.latent_order], mode="sum")
+
+    def sum_by_latent(self, values: Tensor) -> Tensor:
+        """Per-latent sums of the entries' `values`: ``(n_latents,)``."""
+        return values.new_zeros(self.n_latents).index_add_(0, self.latents, values)
+
+    def dense(self, values: Tensor) -> Tensor:
+        """The ``(B, n_latents)`` matrix of the entries (differentiable; a dense pass)."""
+        out = values.new_zeros(self.n_tokens, self.n_latents)
+        return out.index_put_((self.tokens, self.latents), values)
+
+
+def _offsets(sorted_ids: Tensor, count: int) -> Tensor:
+    """CSR offsets ``(count + 1,)`` of a sorted id vector, without a host sync."""
+    bounds = torch.arange(count + 1, device=sorted_ids.device, dtype=sorted_ids.dtype)
+    return torch.searchsorted(sorted_ids, bounds)
+
+
+def _csr(rows: Tensor, columns: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """A CSR tensor without torch's "beta" warning; the patterns are valid by construction."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(rows, columns, values, size, check_invariants=False)
+
+
+class _GatheredPreActs(torch.autograd.Function):
+    """Output: the pre-activations at the pattern. Backward: sparse encoder gradients."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, pattern: SparsePattern, x: Tensor, W_enc: Tensor,
+                b_enc: Tensor, b_dec: Tensor | None) -> Tensor:
+        ctx.pattern = pattern
+        ctx.has_b_dec = b_dec is not None
+        ctx.save_for_backward(x, W_enc, b_dec if b_dec is not None else x.new_empty(0))
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pattern: SparsePattern = ctx.pattern
+        x, W_enc, b_dec = ctx.saved_tensors
+        grad = grad.float()
+        weight = W_enc.float()
+        grad_b_enc = pattern.sum_by_latent(grad)
+        grad_w = grad_x = grad_b_dec = None
+        if ctx.needs_input_grad[3]:
+            centred = (x - b_dec if ctx.has_b_dec else x).float()
+            grad_w = pattern.gather_tokens(grad, centred).T.to(W_enc.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_x = (pattern.by_token(grad) @ weight.T).to(x.dtype)
+        if ctx.has_b_dec and ctx.needs_input_grad[5]:
+            grad_b_dec = -(weight @ grad_b_enc).to(b_dec.dtype)
+        return None, None, grad_x, grad_w, grad_b_enc.to(W_enc.dtype), grad_b_dec
+
+
+class _SparseDecode(torch.autograd.Function):
+    """``codes @ W_dec`` for codes given as (values, pattern); sparse in both directions."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, pattern: SparsePattern, W_dec: Tensor) -> Tensor:
+        ctx.pattern = pattern
+        ctx.save_for_backward(values, W_dec)
+        # detached inputs select embedding_bag's forward-only kernel (no backward bookkeeping)
+        codes = values.detach().float()
+        return pattern.decode(codes, W_dec.detach().float()).to(W_dec.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pattern: SparsePattern = ctx.pattern
+        values, W_dec = ctx.saved_tensors
+        grad = grad.float()
+        grad_values = grad_w = None
+        if ctx.needs_input_grad[0]:
+            template = pattern.by_token(torch.zeros_like(values, dtype=torch.float32))
+            sampled = torch.sparse.sampled_addmm(template, grad, W_dec.float().T, beta=0.0)
+            grad_values = sampled.values().to(values.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_w = pattern.gather_tokens(values.float(), grad).to(W_dec.dtype)
+        return grad_values, None, grad_w
+
+
+def gathered_pre_acts(values: Tensor, pattern: SparsePattern, x: Tensor, W_enc: Tensor,
+                      b_enc: Tensor, b_dec: Tensor | None) -> Tensor:
+    """Differentiable pre-activations ``(x - b_dec) @ W_enc + b_enc`` at `pattern`.
+
+    `values` are those pre-activations already computed (by `select_topk`, without autograd);
+    gradients reach `x`, `W_enc`, `b_enc` and `b_dec` as if they were computed densely.
+    """
+    return _GatheredPreActs.apply(values, pattern, x, W_enc, b_enc, b_dec)
+
+
+def sparse_decode(values: Tensor, pattern: SparsePattern, W_dec: Tensor) -> Tensor:
+    """``codes @ W_dec`` (no bias) where the codes are `values` ``(B, k)`` at `pattern`."""
+    return _SparseDecode.apply(values, pattern, W_dec)
+
+
+@dataclass
+class SparseForward:
+    """What a sparse training step needs from the forward pass; entries are flat ``(E,)``."""
+
+    pre: Tensor
+    """Differentiable pre-activations of the active entries."""
+    codes: Tensor
+    """Code values of the active entries (after the ReLU, or signed for AbsTopK)."""
+    pattern: SparsePattern
+    recon: Tensor
+    """``(B, d_out)`` reconstruction in scaled space (with ``b_dec``, without a skip path)."""
+
+    @property
+    def indices(self) -> Tensor:
+        """``(E,)`` latent of each active entry."""
+        return self.pattern.latents
+
+    def dense_codes(self) -> Tensor:
+        """The ``(B, n_latents)`` code matrix (differentiable; costs a dense pass)."""
+        return self.pattern.dense(self.codes)
+
+
+class SparseLossOutput(LossOutput):
+    """A `LossOutput` that builds its dense ``codes`` only if someone reads them.
+
+    Scattering ``B x k`` codes into a zeroed ``B x n`` matrix is a full pass over memory, as
+    slow as the rest of a sparse step; a caller that only needs which latents fired or the L0
+    reads `sparse` (values and indices) instead.
+    """
+
+    def __init__(self, loss: Tensor, recon: Tensor, sparse: SparseForward,
+                 terms: dict[str, Tensor]) -> None:
+        self.sparse = sparse
+        self._codes: Tensor | None = None
+        super().__init__(loss=loss, recon=recon, codes=None, terms=terms)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def codes(self) -> Tensor:
+        if self._codes is None:
+            self._codes = self.sparse.dense_codes()
+        return self._codes
+
+    @codes.setter
+    def codes(self, value: Tensor | None) -> None:
+        self._codes = value
+
+
+@torch.no_grad()
+def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k: int,
+                      matmul_dtype: torch.dtype | None = None,
+                      tile_rows: int = TILE_ROWS) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchTopK's selection: the ``k * B`` largest ReLU'd pre-activations of the whole batch.
+
+    Each token offers its own top ``c`` (from `select_topk`, starting at c = 4k); the batch
+    keeps the best ``k * B`` offers. That is exact unless some token had all its c offers kept
+    (it might have had more to give); then c doubles and the selection is redone, which is
+    rare after the first steps. Returns flat (values, tokens, latents) in token order, values
+    raw (before the ReLU).
+    """
+    rows, n = x.shape[0], W_enc.shape[1]
+    offers = min(n, 4 * k)
+    while True:
+        values, latents = select_topk(x, W_enc, b_enc, b_dec, offers, matmul_dtype, tile_rows)
+        scores = values.relu()
+        kept = scores.reshape(-1).topk(min(k * rows, scores.numel()), sorted=False).indices
+        weakest = scores.reshape(-1)[kept].min()
+        if offers == n or not bool((scores.amin(-1) >= weakest).any()):
+            break
+        offers = min(n, 2 * offers)
+    kept = kept.sort().values
+    return values.reshape(-1)[kept], kept // offers, latents.reshape(-1)[kept]
+
+
+def sparse_training_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor,
+                            b_dec: Tensor, k: int, *, selection: str = "rows",
+                            pre_encoder_bias: bool = True,
+                            matmul_dtype: torch.dtype | None = None) -> SparseForward:
+    """A k-sparse SAE forward on scaled inputs, built from the sparse pieces above.
+
+    `selection`: ``"rows"`` (TopK: the k largest pre-activations of each token, ReLU'd),
+    ``"magnitude"`` (AbsTopK: the k largest ``|pre|`` of each token, signed) or ``"batch"``
+    (BatchTopK: the ``k * B`` largest ReLU'd pre-activations of the batch). Equal, up to float
+    rounding and ties, to selecting on the dense pre-activation matrix and decoding the dense
+    codes with autograd through everything.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"the kernel takes a (batch, d_in) matrix, got shape {tuple(x.shape)}")
+    if selection not in ("rows", "magnitude", "batch"):
+        raise ValueError(f"selection must be rows, magnitude or batch, got {selection!r}")
+    centre = b_dec if pre_encoder_bias else None
+    n = W_enc.shape[1]
+    with torch.autocast(x.device.type, enabled=False):
+        if selection == "batch":
+            values, tokens, latents = select_batch_topk(x, W_enc, b_enc, centre, k,
+                                                        matmul_dtype)
+            pattern = SparsePattern.from_entries(tokens, latents, x.shape[0], n)
+        else:
+            values, indices = select_topk(x, W_enc, b_enc, centre, k, matmul_dtype,
+                                          by_magnitude=selection == "magnitude")
+            if x.device.type != "cpu":  # some GPU sparse kernels want sorted columns
+                indices, order = indices.sort(dim=-1)
+                values = values.gather(1, order)
+            pattern = SparsePattern.from_rows(indices, n)
+            values = values.reshape(-1)
+        pre = gathered_pre_acts(values.to(W_enc.dtype), pattern, x, W_enc, b_enc, centre)
+        codes = pre if selection == "magnitude" else torch.relu(pre)
+        recon = sparse_decode(codes, pattern, W_dec) + b_dec
+    return SparseForward(pre=pre, codes=codes, pattern=pattern, recon=recon)
+
+
+def autocast_matmul_dtype(device: torch.device) -> torch.dtype | None:
+    """The GEMM dtype autocast asks for on `device`, or None when autocast is off."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
+def pre_acts_of(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None,
+                latents: Tensor) -> Tensor:
+    """Differentiable pre-activations ``(B, len(latents))`` of some latents only (AuxK needs
+    the dead ones, usually few, and never the whole ``(B, n)`` matrix)."""
+    centred = x - b_dec if b_dec is not None else x
+    return centred @ W_enc.index_select(1, latents) + b_enc.index_select(0, latents)
