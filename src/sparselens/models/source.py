@@ -105,13 +105,9 @@ def _dequantise_to_dir(gguf_path: Path, out_dir: Path) -> None:
 
 def resolve_model_dir(source: str) -> Path:
     """Turn an embedded name, GGUF path or local directory into a float HF directory."""
-    if source in EMBEDDED_MODELS:
-        out = cache_dir() / "models" / source
-        if not (out / "COMPLETE").exists():
-            shutil.rmtree(out, ignore_errors=True)
-            _dequantise_to_dir(_embedded_gguf(source), out)
-        return out
-    path = Path(source).expanduser()
+    # An embedded model is its GGUF file assembled into the cache, so loading it by name or
+    # by that file's path shares one dequantised copy.
+    path = _embedded_gguf(source) if source in EMBEDDED_MODELS else Path(source).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         out = cache_dir() / "models" / f"{path.stem}-{path.stat().st_size}"
         if not (out / "COMPLETE").exists():
