@@ -86,7 +86,7 @@ class LogConfig:
     path: str | None = None
     """JSONL metrics file; None means OUT/metrics.jsonl (or no file without an output folder)."""
     progress: bool = True
-    """Show a progress bar (tokens/s, FVU, L0, dead fraction) when writing to a terminal."""
+    """Show a progress bar (tokens/s, FVU, L0, dead fraction) on stderr."""
     tensorboard: bool = False
     """Also log to TensorBoard (OUT/tensorboard); needs the `tensorboard` package."""
     wandb: bool = False

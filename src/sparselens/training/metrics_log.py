@@ -64,7 +64,7 @@ class MetricsLog:
             _drop_records_after(path, resume_step)
         self._file = path.open("a") if path is not None else None
         self._bar = tqdm(total=total_tokens, initial=tokens_done, unit="tok", unit_scale=True,
-                         dynamic_ncols=True, disable=None if progress else True)
+                         desc="train", dynamic_ncols=True, disable=not progress)
         self._tensorboard = self._wandb = None
         if tensorboard_dir is not None:
             require_package("tensorboard", "--log.tensorboard")
