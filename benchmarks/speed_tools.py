@@ -4,8 +4,9 @@ Used by `train_speed.py`. Every runner trains the same TopK configuration on the
 with the same learning rate (Gao et al.'s 2e-4 / sqrt(n / 2^14), constant) and exposes
 ``step(x)`` and ``reconstruct(x)``. What each step contains follows the toolkit's trainer:
 
-- sparselens: ``training_loss`` (the sparse kernel for TopK), decoder-gradient projection,
-  gradient clipping at 1, Adam, decoder renormalisation, dead-latent counts for AuxK.
+- sparselens: ``training_loss`` (the sparse kernel for TopK and, in the variants table,
+  BatchTopK, AbsTopK and Matryoshka), decoder-gradient projection, gradient clipping at 1,
+  Adam, decoder renormalisation, dead-latent counts for AuxK.
 - eai-sparsify: its ``SparseCoder`` forward (``fvu + auxk_alpha * auxk``), decoder-gradient
   projection, Adam, decoder renormalisation, did-fire bookkeeping (its ``Trainer`` needs a
   model to hook, so its step is reproduced here line for line). ``auxk_alpha`` = 1/32.
@@ -82,7 +83,8 @@ class SparselensRunner:
         torch.nn.utils.clip_grad_norm_(self.sae.parameters(), 1.0)
         self.opt.step()
         self.sae.after_optimizer_step(ctx)
-        sparse = getattr(out, "sparse", None)  # the TopK kernel's (values, indices)
+        sparse = getattr(out, "sparse", None)  # the sparse kernel's (values, indices)
+        self.training_path = "dense" if sparse is None else "kernel"
         fired = sparse.indices if sparse is not None else out.codes.detach().ne(0).any(0)
         if fired.dtype == torch.bool:
             fired = fired.nonzero()

@@ -134,7 +134,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             "tokens_trained": (spec["warmup"] + spec["steps"]) * spec["batch"],
             "heldout_fvu": heldout_fvu(runner, spec),
             "setup_rss_mb": setup_rss,
-            "peak_rss_mb": memory_mb("VmHWM")}
+            "peak_rss_mb": memory_mb("VmHWM"),
+            "training_path": getattr(runner, "training_path", None)}
 
 
 def heldout_fvu(runner, spec: dict[str, Any]) -> float:
@@ -218,14 +219,15 @@ def summarise(rows: list[dict[str, Any]], bound: dict[str, float]) -> list[str]:
 
 
 def variant_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [f"{'variant':12s} {'mode':5s} {'tok/s':>9s} {'FVU':>7s} {'peak MB':>8s}"]
+    """One line per variant run; ``path`` says whether it trained through the sparse kernel."""
+    lines = [f"{'variant':12s} {'mode':5s} {'path':6s} {'tok/s':>9s} {'FVU':>7s} {'peak MB':>8s}"]
     for r in rows:
         if "error" in r or "skipped" in r:
             lines.append(f"{r['architecture']:12s} {r['mode']:5s} "
                          f"{r.get('skipped') or 'failed: ' + r['error'][:70]}")
             continue
-        lines.append(f"{r['architecture']:12s} {r['mode']:5s} {r['tokens_per_s']:9.0f} "
-                     f"{r['heldout_fvu']:7.4f} {r['peak_rss_mb']:8.0f}")
+        lines.append(f"{r['architecture']:12s} {r['mode']:5s} {r.get('training_path') or '?':6s} "
+                     f"{r['tokens_per_s']:9.0f} {r['heldout_fvu']:7.4f} {r['peak_rss_mb']:8.0f}")
     return lines
 
 

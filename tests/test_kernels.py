@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from sparselens.dictionaries import AbsTopKSAE, BatchTopKSAE, StepContext, TopKSAE, build, kernels
-from sparselens.dictionaries.thresholds import ema_update_, min_positive
-from sparselens.dictionaries.topk import SparseKernelTraining
+from sparselens.dictionaries.batchtopk import batch_topk
+from sparselens.dictionaries.matryoshka import MatryoshkaSAE
 
 FP32_TOL = 1e-5
 BF16_TOL = 2e-2
@@ -179,20 +179,7 @@ def test_training_steps_reduce_the_loss() -> None:
     assert losses[-1] < 0.7 * losses[0]
 
 
-class KernelAbsTopK(SparseKernelTraining, AbsTopKSAE):
-    kernel_selection = "magnitude"
-
-
-class KernelBatchTopK(SparseKernelTraining, BatchTopKSAE):
-    """How BatchTopK opts in: the batch selection, and its threshold estimate from the codes."""
-
-    kernel_selection = "batch"
-
-    def after_sparse_selection(self, fast: kernels.SparseForward) -> None:
-        ema_update_(self.threshold, min_positive(fast.codes.detach()), self.cfg.threshold_decay)
-
-
-@pytest.mark.parametrize("variant", [KernelAbsTopK, KernelBatchTopK])
+@pytest.mark.parametrize("variant", [AbsTopKSAE, BatchTopKSAE, MatryoshkaSAE])
 def test_variant_selections_match_their_dense_reference(variant) -> None:
     sae = make_sae(seed=4, architecture=variant)
     x = torch.randn(160, 24)
@@ -202,15 +189,57 @@ def test_variant_selections_match_their_dense_reference(variant) -> None:
     fast, fast_grads = loss_and_grads(sae, x, use_kernel=True, ctx=ctx)
     ref, ref_grads = loss_and_grads(sae, x, use_kernel=False, ctx=ctx)
     assert isinstance(fast, kernels.SparseLossOutput)
+    assert fast.terms.keys() == ref.terms.keys()
+    assert rel_err(fast.loss.detach(), ref.loss.detach()) < FP32_TOL
     assert torch.equal(fast.codes.detach() != 0, ref.codes.detach() != 0)
+    assert rel_err(fast.codes.detach(), ref.codes.detach()) < FP32_TOL
     for name, value in ref.terms.items():
         assert rel_err(fast.terms[name].detach(), value.detach()) < FP32_TOL, name
     for name in PARAMS:
         assert rel_err(fast_grads[name], ref_grads[name]) < FP32_TOL, name
 
 
+def test_matryoshka_transcoder_with_skip_matches_dense_reference() -> None:
+    torch.manual_seed(1)
+    sae = build("matryoshka", d_in=16, d_out=12, n_latents=128, k=4, pre_encoder_bias=False,
+                skip_connection=True, group_sizes=[8, 24, 96])
+    with torch.no_grad():
+        sae.W_skip.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.3)
+    x, y = torch.randn(64, 16), torch.randn(64, 12)
+    results = {}
+    for use_kernel in (True, False):
+        sae.use_kernel = use_kernel
+        sae.zero_grad(set_to_none=True)
+        out = sae.training_loss(x, y)
+        out.loss.backward()
+        results[use_kernel] = out, {name: getattr(sae, name).grad
+                                    for name in (*PARAMS, "W_skip")}
+    (fast, fast_grads), (ref, ref_grads) = results[True], results[False]
+    assert set(ref.terms) == {"mse", "mse_prefix_8", "mse_prefix_32", "auxk"}
+    for name, value in ref.terms.items():
+        assert rel_err(fast.terms[name].detach(), value.detach()) < FP32_TOL, name
+    for name, grad in ref_grads.items():
+        assert rel_err(fast_grads[name], grad) < FP32_TOL, name
+
+
+def test_decoder_projection_and_normalisation_match_the_plain_formulas() -> None:
+    sae = make_sae(seed=9)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(256, 1) + 0.5)  # rows off unit norm
+        sae.W_dec[3] = 0.0  # a zero row stays zero (the clamp), never NaN
+    sae.W_dec.grad = torch.randn_like(sae.W_dec)
+    w, g = sae.W_dec.detach().clone(), sae.W_dec.grad.clone()
+    sae.remove_parallel_decoder_grad()
+    assert rel_err(sae.W_dec.grad, g - (g * w).sum(-1, keepdim=True) * w) < 1e-6
+    sae.normalize_decoder()
+    expected = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    assert torch.allclose(sae.W_dec.detach(), expected, rtol=1e-6, atol=0)
+    assert torch.equal(sae.W_dec[3].detach(), torch.zeros(24))
+
+
 def test_batch_threshold_estimate_matches_dense_path() -> None:
-    sae = make_sae(seed=8, architecture=KernelBatchTopK)
+    sae = make_sae(seed=8, architecture=BatchTopKSAE)
     dense = copy.deepcopy(sae)
     dense.use_kernel = False
     x = torch.randn(64, 24)
@@ -242,6 +271,25 @@ def test_subclass_without_opt_in_uses_the_dense_path() -> None:
     out = sae.training_loss(torch.randn(16, 8))
     assert not isinstance(out, kernels.SparseLossOutput)
     assert "extra" in out.terms
+
+
+def test_batch_selection_with_several_outlier_tokens_is_exact() -> None:
+    x = torch.randn(64, 24)
+    x[[3, 17, 40]] *= torch.tensor([[30.0], [60.0], [90.0]])  # saturated: offer whole rows
+    sae = make_sae(seed=10)
+    values, tokens, latents = kernels.select_batch_topk(x, sae.W_enc, sae.b_enc, sae.b_dec, 4)
+    got = torch.zeros(64, 256).index_put_((tokens, latents), values.relu())
+    expected = batch_topk(sae.pre_acts(x).detach(), 4)
+    assert torch.equal(got != 0, expected != 0)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert int((tokens == 40).sum()) > 16 and (tokens.diff() >= 0).all()
+
+
+@pytest.mark.parametrize("name", ["mutual_choice", "feature_choice"])
+def test_batchtopk_subclasses_with_their_own_selection_stay_dense(name: str) -> None:
+    torch.manual_seed(0)
+    sae = build(name, d_in=8, n_latents=64, k=4)
+    assert not isinstance(sae.training_loss(torch.randn(16, 8)), kernels.SparseLossOutput)
 
 
 def test_kernel_needs_a_matrix() -> None:

@@ -6,6 +6,10 @@ codes then depend on its batch, which is wrong at inference; the paper replaces 
 selection by a JumpReLU with one global threshold θ, estimated during training as the average
 of the smallest activation kept in each batch. θ is the buffer ``threshold`` (shape ``()``),
 saved with the checkpoint and used by `encode`/`forward` (train or eval mode alike).
+
+Training runs through the sparse kernel (selection ``"batch"``, `kernels.select_batch_topk`);
+the dense `training_codes` path is its reference. Subclasses that change the selection or the
+threshold (Choice SAEs, Matryoshka's extra terms) do not inherit the kernel unless they opt in.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparselens.dictionaries import kernels
 from sparselens.dictionaries.base import register
 from sparselens.dictionaries.thresholds import apply_threshold, ema_update_, min_positive
-from sparselens.dictionaries.topk import TopKBase, TopKConfig
+from sparselens.dictionaries.topk import SparseKernelTraining, TopKConfig
 
 
 @dataclass
@@ -44,11 +49,12 @@ def batch_topk(pre: Tensor, k: int) -> Tensor:
 
 
 @register("batchtopk")
-class BatchTopKSAE(TopKBase):
+class BatchTopKSAE(SparseKernelTraining):
     """TopK over the flattened batch in training; a saved threshold at inference."""
 
     config_class = BatchTopKConfig
     cfg: BatchTopKConfig
+    kernel_selection = "batch"
 
     def __init__(self, cfg: BatchTopKConfig) -> None:
         super().__init__(cfg)
@@ -75,6 +81,11 @@ class BatchTopKSAE(TopKBase):
         ema_update_(self.threshold, self.observed_threshold(codes.detach()),
                     self.cfg.threshold_decay)
         return pre, codes
+
+    def after_sparse_selection(self, fast: kernels.SparseForward) -> None:
+        """The kernel path's threshold update: the same running average as `training_codes`,
+        from the kept entries' codes (the zeros of the dense matrix are never positive)."""
+        ema_update_(self.threshold, min_positive(fast.codes.detach()), self.cfg.threshold_decay)
 
     def activation(self, pre: Tensor) -> Tensor:
         """JumpReLU with the estimated threshold; per-token TopK before any estimate exists."""

@@ -301,24 +301,34 @@ def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | N
                       tile_rows: int = TILE_ROWS) -> tuple[Tensor, Tensor, Tensor]:
     """BatchTopK's selection: the ``k * B`` largest ReLU'd pre-activations of the whole batch.
 
-    Each token offers its own top ``c`` (from `select_topk`, starting at c = 4k); the batch
-    keeps the best ``k * B`` offers. That is exact unless some token had all its c offers kept
-    (it might have had more to give); then c doubles and the selection is redone, which is
-    rare after the first steps. Returns flat (values, tokens, latents) in token order, values
-    raw (before the ReLU).
+    Each token offers its own top ``c = 4k`` (from `select_topk`); the batch keeps the best
+    ``k * B`` offers. A token whose offers were all kept ("saturated": real activations have a
+    few outlier tokens that hold many of the batch's largest values) may have more to give, so
+    it offers its whole row instead, and the best ``k * B`` of the new candidates are kept. That
+    is exact in one round: the candidates only grew, so the cut-off did not fall, and every
+    entry a token did not offer is at most its smallest offer, already below the old cut-off.
+    Returns flat (values, tokens, latents) in token order, values raw (before the ReLU).
     """
     rows, n = x.shape[0], W_enc.shape[1]
     offers = min(n, 4 * k)
-    while True:
-        values, latents = select_topk(x, W_enc, b_enc, b_dec, offers, matmul_dtype, tile_rows)
-        scores = values.relu()
-        kept = scores.reshape(-1).topk(min(k * rows, scores.numel()), sorted=False).indices
-        weakest = scores.reshape(-1)[kept].min()
-        if offers == n or not bool((scores.amin(-1) >= weakest).any()):
-            break
-        offers = min(n, 2 * offers)
-    kept = kept.sort().values
-    return values.reshape(-1)[kept], kept // offers, latents.reshape(-1)[kept]
+    n_keep = min(k * rows, rows * offers)
+    values, latents = select_topk(x, W_enc, b_enc, b_dec, offers, matmul_dtype, tile_rows)
+    scores = values.relu()
+    cutoff = scores.reshape(-1).topk(n_keep, sorted=False).values.min()
+    saturated = scores.amin(-1) >= cutoff
+    tokens = torch.arange(rows, device=x.device)[:, None].expand(rows, offers)
+    values, tokens, latents = values.reshape(-1), tokens.reshape(-1), latents.reshape(-1)
+    if offers < n and bool(saturated.any()):
+        wide = saturated.nonzero().squeeze(1)
+        wide_values, wide_latents = select_topk(x[wide], W_enc, b_enc, b_dec, n, matmul_dtype,
+                                                tile_rows)
+        narrow = ~saturated[tokens]
+        values = torch.cat([values[narrow], wide_values.reshape(-1)])
+        tokens = torch.cat([tokens[narrow], wide.repeat_interleave(n)])
+        latents = torch.cat([latents[narrow], wide_latents.reshape(-1)])
+    kept = values.relu().topk(min(k * rows, values.numel()), sorted=False).indices
+    kept = kept[torch.argsort(tokens[kept], stable=True)]
+    return values[kept], tokens[kept], latents[kept]
 
 
 def sparse_training_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor,

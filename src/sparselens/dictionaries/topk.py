@@ -123,12 +123,21 @@ class SparseKernelTraining(TopKBase):
             matmul_dtype=kernels.autocast_matmul_dtype(x.device))
         self.after_sparse_selection(fast)
         recon = fast.recon + self.skip(x) if self.cfg.skip_connection else fast.recon
-        terms = {"mse": squared_error(recon, target), **self.dead_auxk_terms(x, target, recon, ctx)}
+        terms = {"mse": squared_error(recon, target),
+                 **self.sparse_loss_terms(x, target, fast, recon, ctx)}
         loss = sum(terms.values())
         return kernels.SparseLossOutput(loss, recon, fast, terms)  # type: ignore[arg-type]
 
     def after_sparse_selection(self, fast: kernels.SparseForward) -> None:
         """Hook for state kept from the training selection (BatchTopK's threshold)."""
+
+    def sparse_loss_terms(self, x: Tensor, target: Tensor, fast: kernels.SparseForward,
+                          recon: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        """The kernel path's `loss_terms` (from the sparse entries): AuxK on the dead latents.
+
+        A variant with more terms overrides both this and `loss_terms` with the same math, and
+        opts in to the kernel only then."""
+        return self.dead_auxk_terms(x, target, recon, ctx)
 
     def dead_auxk_terms(self, x: Tensor, target: Tensor, recon: Tensor,
                         ctx: StepContext) -> dict[str, Tensor]:
