@@ -29,7 +29,7 @@ class Config:
     """Where to read activations (see `sparselens hookpoints MODEL`)."""
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     """Where the text comes from (the built-in offline corpus by default)."""
-    harvest_tokens: int = 1_000_000
+    harvest_tokens: int = 500_000
     """Tokens to harvest into the cache (5% of sequences are held out for evaluation)."""
     context_len: int = 128
     """Tokens per sequence."""
@@ -41,7 +41,7 @@ class Config:
     """Dictionary width."""
     k: int = 32
     """Active latents per token for the TopK family."""
-    train_tokens: int = 2_000_000
+    train_tokens: int = 1_500_000
     """Training budget in tokens (the cache is read in several shuffled epochs if smaller)."""
     batch_size: int = 4096
     """Tokens per optimizer step."""
