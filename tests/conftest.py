@@ -7,7 +7,7 @@ the real Hugging Face classes, so hookpoints resolve exactly as on full-size che
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -110,3 +110,12 @@ def make_chunks() -> Callable[..., list]:
 def tiny_llama_b() -> LoadedModel:
     """A second tiny Llama, same shapes and tokenizer, other weights (for model diffing)."""
     return make_tiny_llama(seed=1)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: extra threads only add synchronisation on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,6 @@ paired data from one cache, training with the trainer, and per-source evaluation
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,12 +31,7 @@ VARIANTS = {"crosscoder": {}, "crosscoder_topk": {"selection": "topk"}, "mlsae":
             "mlsae_fixed": {"layer_embedding": "fixed"}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(variant: str, d_in: int = 16, n_latents: int = 64, **overrides):

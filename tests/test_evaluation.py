@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,7 @@ from sparselens.evaluation.spliced import _splice
 from sparselens.models.hookpoints import capture, resolve
 from sparselens.models.source import LoadedModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The tensors here are tiny: extra threads only add synchronisation on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch_of(x: torch.Tensor, name: str = "h") -> ActivationBatch:

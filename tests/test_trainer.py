@@ -25,13 +25,7 @@ from sparselens.training.schedules import lr_factor
 D_IN, N_TRUE, K_TRUE, BATCH = 16, 48, 3, 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The tensors here are tiny: extra threads only add synchronisation on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def true_atoms(seed: int = 0) -> torch.Tensor:

@@ -3,8 +3,6 @@ output, trained with the trainer on paired hookpoints and spliced in place of th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -20,12 +18,7 @@ from sparselens.training import LogConfig, OptimConfig, TrainConfig, Trainer
 SOURCE, TARGET = mlp_sites(1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
