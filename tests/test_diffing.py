@@ -18,6 +18,7 @@ from sparselens.dictionaries import build
 from sparselens.evaluation.diffing import (
     DiffThresholds,
     LatentScalingStats,
+    decoder_cosine,
     diff_latents,
     latent_kinds,
     relative_norm,
@@ -111,6 +112,34 @@ def test_latent_scaling_tells_complete_shrinkage_from_a_truly_specific_latent() 
     torch.testing.assert_close(diff.density, (f != 0).double().mean(0))
     with pytest.raises(ValueError, match="no stacked sources"):
         diff_latents(cc, batches, "other")
+
+
+def test_changed_latents_are_shared_ones_whose_directions_differ() -> None:
+    """Latent 3 writes to both models with equal norms but in orthogonal directions (the
+    concept is represented differently): changed. Latent 2 agrees; latents 0 and 1 are
+    B-only (specific, never changed)."""
+    cc, basis = _planted_crosscoder()
+    with torch.no_grad():
+        decoder = cc.decoder_by_source().clone()
+        decoder[3, 0] = basis[0]  # A writes latent 3 along another direction than B does
+        cc.W_dec.copy_(decoder.flatten(1))
+    torch.testing.assert_close(decoder_cosine(decoder), torch.tensor([torch.nan, torch.nan,
+                                                                     1.0, 0.0]), equal_nan=True)
+    gen = torch.Generator().manual_seed(2)
+    f = torch.rand(400, 4, generator=gen) * (torch.rand(400, 4, generator=gen) < 0.5)
+    x = torch.cat([f @ basis, f @ basis], 1)
+    batch = ActivationBatch(acts={KEY: x}, token_ids=torch.arange(400),
+                            seq_ids=torch.arange(400), positions=torch.arange(400))
+    diff = diff_latents(cc, [batch], KEY)
+    assert diff.kinds == ["b_only", "b_only", "shared", "shared"] and diff.changed == [3]
+    changed = diff.changed_records()
+    assert [r["latent"] for r in changed] == [3] and changed[0]["decoder_cosine"] == 0.0
+    assert changed[0]["firings"] == int((f[:, 3] > 0).sum())
+    assert diff.counts()["changed"] == 1
+    strict = diff_latents(cc, [batch], KEY, DiffThresholds(changed_cosine=-0.5))
+    assert strict.changed == []
+    with pytest.raises(ValueError, match="changed_cosine"):
+        DiffThresholds(changed_cosine=1.5)
 
 
 def test_diff_needs_two_sources() -> None:

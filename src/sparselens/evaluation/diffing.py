@@ -22,6 +22,14 @@ other latent) and the *reconstruction* ``y = x̂_m``. The ratios ``ν^ε = β^ε
 large ν^ε means it is there but the decoder shrank (Complete Shrinkage), a large ν^r that other
 latents reconstruct it (Latent Decoupling). Everything is computed in the crosscoder's
 normalised space, where its decoder norms are compared.
+
+Norms miss a second kind of difference: a concept both models have but represent differently.
+A crosscoder then keeps one latent with two decoder directions of similar norm that point
+apart (Lindsey et al. plot this cosine for shared latents; most are near 1). A latent both
+models write whose decoder cosine ``cos(d_j,A, d_j,B)`` is below ``changed_cosine`` is reported
+as *changed*. A brief fine-tune that shifts how a model represents some tokens shows up this
+way: one latent per affected concept carries the shift in its B decoder, because splitting it
+into a shared latent plus a B-only one would cost an extra active latent on every such token.
 """
 
 from __future__ import annotations
@@ -50,12 +58,19 @@ class DiffThresholds:
     """A specific latent is flagged as only apparently specific when the other model holds at
     least this fraction of it (ν^ε or ν^r at or above this)."""
     min_firings: int = 5
-    """Latents that fire fewer times get no Latent Scaling verdict (too little data)."""
+    """Latents that fire fewer times get no Latent Scaling verdict (too little data) and are
+    never reported as changed."""
+    changed_cosine: float = 0.5
+    """A latent that is not specific is changed when the cosine between its two decoder
+    directions is below this."""
 
     def __post_init__(self) -> None:
         if not (0 < self.specific < 0.5 and 0 <= self.shared < 0.5):
             raise ValueError("thresholds.specific must be in (0, 0.5) and thresholds.shared in "
                              f"[0, 0.5), got {self.specific} and {self.shared}")
+        if not -1.0 <= self.changed_cosine <= 1.0:
+            raise ValueError("thresholds.changed_cosine must be in [-1, 1], got "
+                             f"{self.changed_cosine}")
         if not self.present_ratio > 0 or self.min_firings < 1:
             raise ValueError("thresholds.present_ratio must be positive and "
                              f"thresholds.min_firings >= 1, got {self.present_ratio} and "
@@ -70,6 +85,15 @@ def relative_norm(norms: Tensor) -> Tensor:
                          f"{tuple(norms.shape)}")
     a, b = norms[:, 0], norms[:, 1]
     return 0.5 * ((b - a) / torch.maximum(a, b) + 1.0)
+
+
+def decoder_cosine(decoders: Tensor) -> Tensor:
+    """Cosine between each latent's two decoder directions, from ``(n, 2, width)``; NaN where
+    either is zero."""
+    a, b = decoders[:, 0].double(), decoders[:, 1].double()
+    norms = a.norm(dim=-1) * b.norm(dim=-1)
+    cos = (a * b).sum(-1) / norms.clamp_min(1e-300)
+    return torch.where(norms > 0, cos, torch.full_like(cos, torch.nan)).float()
 
 
 def latent_kinds(rel: Tensor, thresholds: DiffThresholds) -> list[str]:
@@ -141,7 +165,28 @@ class LatentDiff:
     """``(m, 2)`` β^r per source."""
     firings: Tensor
     """``(m,)`` how often each scaled latent fired."""
+    cosine: Tensor
+    """``(n,)`` cosine between each latent's decoder directions in A and in B."""
+    fired: Tensor
+    """``(n,)`` how often each latent fired on the scored tokens."""
     thresholds: DiffThresholds = field(default_factory=DiffThresholds)
+
+    @property
+    def changed(self) -> list[int]:
+        """Latents both models write whose directions differ, lowest cosine first."""
+        t = self.thresholds
+        found = [j for j, kind in enumerate(self.kinds) if kind in ("shared", "between")
+                 and int(self.fired[j]) >= t.min_firings
+                 and float(self.cosine[j]) < t.changed_cosine]
+        return sorted(found, key=lambda j: float(self.cosine[j]))
+
+    def changed_records(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per changed latent, lowest cosine first."""
+        return [{"latent": j, "kind": self.kinds[j], "changed": True,
+                 "decoder_cosine": float(self.cosine[j]),
+                 "relative_norm": float(self.relative_norm[j]),
+                 "norms": [float(v) for v in self.norms[j]], "density": float(self.density[j]),
+                 "firings": int(self.fired[j])} for j in self.changed]
 
     def ratios(self) -> tuple[Tensor, Tensor]:
         """(ν^ε, ν^r) of the scaled latents: the other model's β over the own model's β."""
@@ -160,9 +205,10 @@ class LatentDiff:
             enough = int(self.firings[i]) >= self.thresholds.min_firings
             ratios = (float(nu_error[i]), float(nu_recon[i]))
             apparent = enough and any(r >= self.thresholds.present_ratio for r in ratios)
-            out.append({"latent": j, "kind": self.kinds[j],
+            out.append({"latent": j, "kind": self.kinds[j], "changed": False,
                         "model": self.sources[1 if self.kinds[j] == "b_only" else 0],
                         "relative_norm": float(self.relative_norm[j]),
+                        "decoder_cosine": float(self.cosine[j]),
                         "norms": [float(v) for v in self.norms[j]],
                         "density": float(self.density[j]), "firings": int(self.firings[i]),
                         "beta_error": [float(v) for v in self.beta_error[i]],
@@ -173,8 +219,9 @@ class LatentDiff:
         return out
 
     def counts(self) -> dict[str, int]:
-        return {kind: self.kinds.count(kind) for kind in ("a_only", "b_only", "shared",
-                                                          "between")}
+        counts = {kind: self.kinds.count(kind) for kind in ("a_only", "b_only", "shared",
+                                                            "between")}
+        return {**counts, "changed": len(self.changed)}
 
 
 @torch.no_grad()
@@ -215,7 +262,8 @@ def diff_latents(crosscoder: Crosscoder, batches: Iterable[ActivationBatch], key
         crosscoder.train(was_training)
     if n_tokens == 0:
         raise ValueError("no tokens to score the latents on: the batches were empty")
-    decoders = crosscoder.decoder_by_source().detach()[specific.to(device)]
+    every_decoder = crosscoder.decoder_by_source().detach()
+    decoders = every_decoder[specific.to(device)]
     own = torch.tensor([1 if kinds[j] == "b_only" else 0 for j in specific.tolist()],
                        dtype=torch.long, device=device)
     directions = decoders[torch.arange(len(own), device=device), own]
@@ -223,5 +271,6 @@ def diff_latents(crosscoder: Crosscoder, batches: Iterable[ActivationBatch], key
     return LatentDiff(sources=crosscoder.cfg.sources, norms=norms, relative_norm=rel,
                       kinds=kinds, density=(fires.double() / n_tokens).cpu(), scaled=specific,
                       beta_error=beta_error.cpu(), beta_reconstruction=beta_recon.cpu(),
-                      firings=stats.firings.cpu(), thresholds=thresholds)
+                      firings=stats.firings.cpu(), cosine=decoder_cosine(every_decoder).cpu(),
+                      fired=fires.cpu(), thresholds=thresholds)
 

@@ -76,7 +76,8 @@ def _latent_block(record: Mapping[str, Any], report_link: str | None) -> str:
     name = f"latent {j}"
     if report_link:
         name = f"<a href='{html.escape(report_link)}#feature-{j}'>{name}</a>"
-    scores = (f"Δ norm {_number(record.get('relative_norm'))} · density "
+    scores = (f"Δ norm {_number(record.get('relative_norm'))} · decoder cosine "
+              f"{_number(record.get('decoder_cosine'))} · density "
               f"{_number(record.get('density'))}")
     if "nu_error" in record:
         scores += (f" · ν<sup>ε</sup> {_number(record['nu_error'])} · ν<sup>r</sup> "

@@ -5,7 +5,8 @@ Four steps, each resumable in the output folder: harvest the hookpoint of both m
 same tokens (``OUT/activations``), train a BatchTopK crosscoder on the pair
 (``OUT/crosscoder``), score every latent (per-model decoder norms, Latent Scaling; see
 `sparselens.evaluation.diffing`) and evaluate it per model, then write ``OUT/diff.json``,
-the page ``OUT/index.html`` with shared and model-specific latents and their top contexts, and
+the page ``OUT/index.html`` with shared, model-specific and changed latents (both models write
+them, in different directions) and their top contexts, and
 the full feature browser ``OUT/report``. Re-running with the same options reuses finished steps.
 """
 
@@ -59,7 +60,7 @@ class Config:
     lr: float | None = None
     """Peak learning rate; None scales with the width (see `sparselens train --help`)."""
     thresholds: DiffThresholds = field(default_factory=DiffThresholds)
-    """When a latent counts as shared, specific, or only apparently specific."""
+    """When a latent counts as shared, specific, only apparently specific, or changed."""
     n_contexts: int = 5
     """Top contexts shown per latent."""
     max_listed: int = 50
@@ -99,7 +100,8 @@ def run(cfg: Config) -> int:
     _write(cfg, out, record, sections)
     counts = record["counts"]
     print(f"{counts['b_only']} latents specific to B, {counts['a_only']} to A, "
-          f"{counts['shared']} shared (of {cfg.n_latents}); page {out / 'index.html'}, "
+          f"{counts['shared']} shared, {counts['changed']} changed (of {cfg.n_latents}); "
+          f"page {out / 'index.html'}, "
           f"scores {out / 'diff.json'}")
     return 0
 
@@ -178,10 +180,11 @@ def _score(cfg: Config, cache: ActivationCache, sources: list[str], key: str,
                  tokens=tokens, tokenizer=tokenizer, metrics=summary,
                  train_log_path=_existing(Path(cfg.out) / "crosscoder" / "metrics.jsonl"),
                  title=f"crosscoder: {sources[0]} vs {sources[1]}")
-    records = [r for r in diff.records() if r["firings"] > 0]
+    records = [r for r in diff.records() if r["firings"] > 0] + diff.changed_records()
     shared = sorted((j for j, kind in enumerate(diff.kinds) if kind == "shared"),
                     key=lambda j: -float(diff.density[j]))[: cfg.n_contexts]
     shared_records = [{"latent": j, "relative_norm": float(diff.relative_norm[j]),
+                       "decoder_cosine": float(diff.cosine[j]),
                        "density": float(diff.density[j])} for j in shared]
     for r in records + shared_records:
         r["top"] = example_contexts(examples, tokens, tokenizer, r["latent"], cfg.n_contexts)
@@ -189,6 +192,9 @@ def _score(cfg: Config, cache: ActivationCache, sources: list[str], key: str,
                  [r for r in records if r["kind"] == kind][: cfg.max_listed])
                 for label, name, kind in (("B", cfg.model_b, "b_only"),
                                           ("A", cfg.model_a, "a_only"))]
+    sections.append(("Changed: in both models, written in different directions (lowest "
+                     "decoder cosine first)", [r for r in records if r["changed"]]
+                     [: cfg.max_listed]))
     sections.append(("Shared (densest)", shared_records))
     record = {"schema": "sparselens.diff", "schema_version": 1, **summary, "latents": records,
               "shared_examples": shared_records}
