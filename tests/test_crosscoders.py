@@ -306,3 +306,49 @@ def test_mlsae_is_one_sae_on_every_layer(tiny_llama, layer_cache, tmp_path) -> N
 
 def batch_layer(x: torch.Tensor, layer: int) -> torch.Tensor:
     return x.unflatten(-1, (3, 32))[:, layer]
+
+
+def test_cli_trains_evaluates_and_reports_a_crosscoder_on_stacked_hookpoints(
+        tiny_llama, layer_cache, tmp_path, capsys) -> None:
+    """``--hookpoint resid.0+resid.2`` names two cached layers side by side: train, eval and
+    report then work on crosscoders as on any dictionary, with per-layer results."""
+    import json
+
+    from sparselens.cli.main import main
+
+    tiny_llama.model.save_pretrained(tmp_path / "model")
+    tiny_llama.tokenizer.save_pretrained(tmp_path / "model")
+    out, cache = tmp_path / "cc", str(layer_cache.folder)
+    assert main(["train", cache, "--out", str(out), "--architecture", "crosscoder",
+                 "--hookpoint", "resid.0+resid.2", "--n-latents", "64", "--n-tokens", "6000",
+                 "--batch-size", "128", "--dictionary", '{"k": 4}', "--log.progress",
+                 "false"]) == 0, capsys.readouterr().err
+    loaded = load_dictionary(out)
+    assert isinstance(loaded, Crosscoder) and loaded.cfg.sources == ["resid.0", "resid.2"]
+    assert main(["eval", str(out), "--cache", cache, "--model", str(tmp_path / "model"),
+                 "--max-sequences", "4"]) == 0, capsys.readouterr().err
+    record = json.loads((out / "eval.json").read_text())
+    per_source = record["reconstruction"]["per_source"]
+    assert [r["source"] for r in per_source] == ["resid.0", "resid.2"]
+    assert all(0 < r["fvu"] < 0.8 for r in per_source)
+    assert [r["source"] for r in record["spliced"]["per_source"]] == ["resid.0", "resid.2"]
+    assert main(["report", str(out), "--cache", cache, "--tokenizer",
+                 str(tmp_path / "model")]) == 0, capsys.readouterr().err
+    assert (out / "report" / "index.html").exists()
+    assert main(["train", cache, "--out", str(tmp_path / "bad"), "--architecture",
+                 "crosscoder", "--hookpoint", "resid.0+resid.9", "--batch-size", "128"]) == 1
+    assert "resid.9" in capsys.readouterr().err
+
+
+def test_the_cache_reads_a_stack_of_hookpoints_as_one(layer_cache) -> None:
+    stacked = next(layer_cache.batches(64, ["resid.2+resid.0"], shuffle=False))
+    plain = next(stack_sources(layer_cache.batches(64, ["resid.2", "resid.0"], shuffle=False),
+                               ["resid.2", "resid.0"]))
+    assert list(stacked.acts) == ["resid.2+resid.0"]
+    torch.testing.assert_close(stacked.acts["resid.2+resid.0"], plain.acts["resid.2+resid.0"])
+    assert layer_cache.width("resid.2+resid.0") == 2 * layer_cache.width("resid.0")
+    both = next(layer_cache.batches(64, ["resid.1", "resid.0+resid.1"], shuffle=False))
+    assert list(both.acts) == ["resid.1", "resid.0+resid.1"]
+    torch.testing.assert_close(both.acts["resid.0+resid.1"][:, 32:], both.acts["resid.1"])
+    with pytest.raises(ValueError, match="resid.7"):
+        layer_cache.resolve("resid.0+resid.7")

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+SOURCE_SEPARATOR = "+"
+"""Joins source names into the name of their side-by-side stack (``a+b``): crosscoders and
+multi-layer SAEs read several aligned hookpoints as one ``(B, n_sources * width)`` input."""
+
 
 @dataclass
 class ActivationBatch:
@@ -35,3 +39,12 @@ class ActivationBatch:
             acts={k: v.to(device=device, dtype=dtype or v.dtype) for k, v in self.acts.items()},
             token_ids=self.token_ids.to(device), seq_ids=self.seq_ids.to(device),
             positions=self.positions.to(device))
+
+
+def stack_acts(batch: ActivationBatch, names: list[str]) -> ActivationBatch:
+    """`batch` with exactly `names`: a stacked name (``a+b``) gets its sources side by side."""
+    acts = {name: batch.acts[name] if SOURCE_SEPARATOR not in name else
+            torch.cat([batch.acts[part] for part in name.split(SOURCE_SEPARATOR)], dim=-1)
+            for name in names}
+    return ActivationBatch(acts=acts, token_ids=batch.token_ids, seq_ids=batch.seq_ids,
+                           positions=batch.positions)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sparselens.data.batch import ActivationBatch
+from sparselens.data.batch import SOURCE_SEPARATOR, ActivationBatch, stack_acts
 from sparselens.data.manifest import read_manifest, shard_records
 from sparselens.data.mixing import Window, concat_rows, mix, take_rows
 from sparselens.data.shards import ACTS_PREFIX, read_rows, read_tensor, verify_shard
@@ -72,11 +72,20 @@ class ActivationCache:
         return [h["name"] for h in self.manifest["hookpoints"]]
 
     def width(self, hookpoint: str) -> int:
+        """Width of a stored hookpoint, or the summed widths of a stack (``a+b``)."""
         name = self.resolve(hookpoint)
-        return next(int(h["width"]) for h in self.manifest["hookpoints"] if h["name"] == name)
+        return sum(next(int(h["width"]) for h in self.manifest["hookpoints"] if h["name"] == part)
+                   for part in name.split(SOURCE_SEPARATOR))
 
     def resolve(self, hookpoint: str) -> str:
-        """The cache's name for `hookpoint`, which may also be given as its module path."""
+        """The cache's name for `hookpoint`, which may also be given as its module path.
+
+        A stack of stored hookpoints joined by ``+`` (``resid.2+resid.6``) resolves part by
+        part; `batches` then yields the parts side by side under that name, so crosscoders and
+        multi-layer SAEs train, evaluate and report from a cache like any dictionary."""
+        if hookpoint not in self._aliases and SOURCE_SEPARATOR in hookpoint:
+            return SOURCE_SEPARATOR.join(self.resolve(part)
+                                         for part in hookpoint.split(SOURCE_SEPARATOR))
         try:
             return self._aliases[hookpoint]
         except KeyError:
@@ -138,7 +147,9 @@ class ActivationCache:
         if batch_size < 1 or buffer_shards < 1 or skip_batches < 0:
             raise ValueError("batch_size and buffer_shards must be positive and skip_batches "
                              f"non-negative (got {batch_size}, {buffer_shards}, {skip_batches})")
-        names = [self.resolve(h) for h in (hookpoints or self.hookpoints)]
+        wanted = [self.resolve(h) for h in (hookpoints or self.hookpoints)]
+        names = list(dict.fromkeys(part for name in wanted
+                                   for part in name.split(SOURCE_SEPARATOR)))
         per_epoch = self.n_batches(batch_size, split, drop_last)
         if per_epoch == 0:
             raise ValueError(f"the {split!r} split of {self.folder} has no rows to batch")
@@ -147,7 +158,10 @@ class ActivationCache:
         epoch_range = itertools.count(first_epoch) if epochs is None else range(first_epoch,
                                                                                 epochs)
         plan = _Plan(names, split, batch_size, seed, shuffle, buffer_shards, drop_last)
-        return self._epochs(plan, epoch_range, skip_batches, cast)
+        batches = self._epochs(plan, epoch_range, skip_batches, cast)
+        if wanted == names:
+            return batches
+        return (stack_acts(batch, wanted) for batch in batches)
 
     # -- internals ---------------------------------------------------------------------
 

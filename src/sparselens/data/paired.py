@@ -55,12 +55,11 @@ def stacked_cache_data(cache: ActivationCache, sources: Sequence[str], batch_siz
     `sources` may use any spelling the cache resolves; the stacked name uses the cache's names
     (``stacked_name([cache.resolve(s) for s in sources])``).
     """
-    names = [cache.resolve(s) for s in sources]
+    name = stacked_name([cache.resolve(s) for s in sources])
 
     def data(skip_batches: int) -> Iterator[ActivationBatch]:
-        batches = cache.batches(batch_size, hookpoints=names, split=split, seed=seed,
-                                skip_batches=skip_batches, epochs=None)
-        return stack_sources(batches, names)
+        return cache.batches(batch_size, hookpoints=[name], split=split, seed=seed,
+                             skip_batches=skip_batches, epochs=None)
 
     return data
 

@@ -14,8 +14,10 @@ A sparse autoencoder has ``d_out == d_in`` and subtracts ``b_dec`` before encodi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -153,6 +155,17 @@ class Dictionary(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=dtype))
         if cfg.skip_connection:
             self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, d_out, dtype=dtype))
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[Dictionary]:
+        """Eval mode inside the block, the previous mode after it (even on error): evaluation
+        and interpretation run on dictionaries that may be in the middle of training."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was_training)
 
     # ---- the forward pass, split so that variants override one piece ----
 

@@ -31,11 +31,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from sparselens.data.batch import SOURCE_SEPARATOR
 from sparselens.dictionaries.base import LossOutput, StepContext
 from sparselens.dictionaries.batchtopk import BatchTopKConfig, BatchTopKSAE, batch_topk
 from sparselens.dictionaries.thresholds import ema_update_, min_positive
 
-SOURCE_SEPARATOR = "+"
 SELECTIONS = ("batchtopk", "topk")
 DEFAULT_SOURCES = 2
 

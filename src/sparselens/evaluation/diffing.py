@@ -43,7 +43,7 @@ from torch import Tensor
 
 from sparselens.data.batch import ActivationBatch
 from sparselens.dictionaries.crosscoder import Crosscoder
-from sparselens.evaluation.per_source import stacked_rows
+from sparselens.evaluation.per_source import stacked_inputs
 
 
 @dataclass
@@ -243,23 +243,13 @@ def diff_latents(crosscoder: Crosscoder, batches: Iterable[ActivationBatch], key
     stats = LatentScalingStats(specific, 2, crosscoder.cfg.d_source, device)
     fires = torch.zeros(crosscoder.cfg.n_latents, dtype=torch.int64, device=device)
     n_tokens = 0
-    was_training = crosscoder.training
-    crosscoder.eval()
-    try:
-        for batch in batches:
-            x = stacked_rows(batch, key, crosscoder)
-            if max_tokens is not None:
-                x = x[: max_tokens - n_tokens]
-            scaled = crosscoder.model_space(x)
+    with crosscoder.evaluating():
+        for x in stacked_inputs(batches, key, crosscoder, max_tokens):
             codes = crosscoder.encode(x)
             recon = crosscoder.as_sources(crosscoder.decode_scaled(codes))
-            stats.update(scaled, recon, codes)
+            stats.update(crosscoder.model_space(x), recon, codes)
             fires += (codes != 0).sum(0)
             n_tokens += x.shape[0]
-            if max_tokens is not None and n_tokens >= max_tokens:
-                break
-    finally:
-        crosscoder.train(was_training)
     if n_tokens == 0:
         raise ValueError("no tokens to score the latents on: the batches were empty")
     every_decoder = crosscoder.decoder_by_source().detach()

@@ -15,7 +15,7 @@ reported per source:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
@@ -42,6 +42,21 @@ def stacked_rows(batch: ActivationBatch, key: str, dictionary: StackedDictionary
     return dictionary.as_sources(x.to(dictionary.W_dec.device, dictionary.W_dec.dtype))
 
 
+def stacked_inputs(batches: Iterable[ActivationBatch], key: str, dictionary: StackedDictionary,
+                   max_tokens: int | None = None) -> Iterator[Tensor]:
+    """`stacked_rows` of every batch, ``(N, n_sources, width)``, at most `max_tokens` rows
+    in all (the last batch is cut to fit)."""
+    seen = 0
+    for batch in batches:
+        x = stacked_rows(batch, key, dictionary)
+        if max_tokens is not None:
+            x = x[: max_tokens - seen]
+        if x.shape[0] == 0:
+            break
+        yield x
+        seen += x.shape[0]
+
+
 def source_codes(codes: Tensor, source: int) -> Tensor:
     """A source's codes: shared codes ``(N, n)`` as they are, per-layer ``(N, S, n)`` sliced."""
     return codes[..., source, :] if codes.ndim == 3 else codes
@@ -55,20 +70,11 @@ def per_source_reconstruction(dictionary: StackedDictionary, batches: Iterable[A
     device = dictionary.W_dec.device
     stats = [ReconstructionStats(dictionary.cfg.n_latents, dictionary.cfg.d_source, device)
              for _ in range(dictionary.n_sources)]
-    was_training = dictionary.training
-    dictionary.eval()
-    try:
-        for batch in batches:
-            x = stacked_rows(batch, key, dictionary)
-            if max_tokens is not None:
-                x = x[: max_tokens - stats[0].n_tokens]
+    with dictionary.evaluating():
+        for x in stacked_inputs(batches, key, dictionary, max_tokens):
             recon, codes = dictionary.reconstruct(x), dictionary.encode(x)
             for s, stat in enumerate(stats):
                 stat.update(x[:, s], recon[:, s], source_codes(codes, s))
-            if max_tokens is not None and stats[0].n_tokens >= max_tokens:
-                break
-    finally:
-        dictionary.train(was_training)
     results = []
     for name, stat in zip(dictionary.cfg.sources, stats):
         metrics = stat.result(dense_threshold)
@@ -109,9 +115,7 @@ def per_source_spliced(dictionary: StackedDictionary,
     sums = [dict.fromkeys(("ce_clean", "ce_spliced", "ce_zero_ablation", "kl_spliced"), 0.0)
             for _ in sources]
     n_predictions = 0
-    was_training = dictionary.training
-    dictionary.eval()
-    try:
+    with dictionary.evaluating():
         chunk_iter = iter(chunks if max_sequences is None else islice(chunks, max_sequences))
         while batch := list(islice(chunk_iter, batch_size)):
             ids, special = stack_chunks(batch)
@@ -133,8 +137,6 @@ def per_source_spliced(dictionary: StackedDictionary,
                 sums[s]["kl_spliced"] += float((reference.exp() * (reference - spliced))
                                                .sum(dtype=torch.float64))
             n_predictions += int(predictions.labels.numel())
-    finally:
-        dictionary.train(was_training)
     if n_predictions == 0:
         raise ValueError("no next-token predictions to evaluate: pass held-out chunks of at "
                          "least two non-special tokens")

@@ -119,9 +119,7 @@ def reconstruction_metrics(dictionary: Dictionary, batches: Iterable[ActivationB
     device = dictionary.W_dec.device
     dtype = dictionary.W_dec.dtype
     stats = ReconstructionStats(dictionary.cfg.n_latents, int(dictionary.cfg.d_out), device)
-    was_training = dictionary.training
-    dictionary.eval()
-    try:
+    with dictionary.evaluating():
         for index, batch in enumerate(batches):
             x, target = _site_tensors(batch, hookpoint, target_hookpoint, dictionary, index)
             if max_tokens is not None:
@@ -130,8 +128,6 @@ def reconstruction_metrics(dictionary: Dictionary, batches: Iterable[ActivationB
             stats.update(target, dictionary(x), dictionary.encode(x))
             if max_tokens is not None and stats.n_tokens >= max_tokens:
                 break
-    finally:
-        dictionary.train(was_training)
     return stats.result(dense_threshold)
 
 

@@ -60,9 +60,7 @@ def spliced_metrics(dictionary: Dictionary, loaded_model: LoadedModel, hookpoint
     sites = _sites(model, dictionary, hookpoint, target_hookpoint)
     sums = dict.fromkeys([f"ce_{m}" for m in MODES] + [f"kl_{m}" for m in MODES[1:]], 0.0)
     counts = dict.fromkeys(["n_sequences", "n_predictions", "n_spliced_positions"], 0)
-    was_training = dictionary.training
-    dictionary.eval()
-    try:
+    with dictionary.evaluating():
         for batch in _batches(token_chunks, loaded_model.tokenizer, batch_size):
             ids = batch.ids.to(loaded_model.device)
             keep = (~batch.special).to(ids.device)
@@ -75,8 +73,6 @@ def spliced_metrics(dictionary: Dictionary, loaded_model: LoadedModel, hookpoint
             counts["n_sequences"] += ids.shape[0]
             counts["n_predictions"] += predictions.labels.shape[0]
             counts["n_spliced_positions"] += int(keep.sum())
-    finally:
-        dictionary.train(was_training)
     if counts["n_predictions"] == 0:
         raise ValueError("no next-token predictions to evaluate: pass held-out sequences of at "
                          "least two non-special tokens")

@@ -281,14 +281,10 @@ def collect_examples(dictionary: Dictionary, batches: Iterable[ActivationBatch],
     """
     collector = ExampleCollector(dictionary.cfg.n_latents, n_top, n_quantile_samples, seed,
                                  device=next(dictionary.parameters()).device)
-    was_training = dictionary.training
-    dictionary.eval()
-    try:
+    with dictionary.evaluating():
         for batch in batches:
             codes = dictionary.encode(batch_input(batch, hookpoint, dictionary))
             collector.update(codes, batch.seq_ids, batch.positions)
-    finally:
-        dictionary.train(was_training)
     if collector.n_tokens == 0:
         raise ValueError("no activations to collect examples from: the batches were empty "
                          "(is the cache split empty?)")

@@ -55,14 +55,10 @@ def collect_windows(dictionary: Dictionary, examples: FeatureExamples,
     feature_of = torch.div(flat_slot, slots_per_feature, rounding_mode="floor")
     windows = torch.zeros(seq.numel() * width, dtype=torch.float32)
 
-    was_training = dictionary.training
-    dictionary.eval()
-    try:
+    with dictionary.evaluating():
         for batch in batches:
             _fill_batch(dictionary, examples.hookpoint, batch, keys, flat_slot, feature_of,
                         windows, before, after)
-    finally:
-        dictionary.train(was_training)
 
     windows = windows.reshape(seq.shape[0], slots_per_feature, width)
     top = replace(examples.top, windows=windows[:, :top_slots].contiguous())

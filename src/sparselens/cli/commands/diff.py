@@ -204,11 +204,11 @@ def _score(cfg: Config, cache: ActivationCache, sources: list[str], key: str,
 def _batches(cache: ActivationCache, sources: list[str],
              split: Split) -> Callable[[], Iterator[ActivationBatch]]:
     """Unshuffled stacked batches of `split` (every call yields the same rows)."""
-    from sparselens.data.paired import stack_sources
+    from sparselens.dictionaries.stacked import stacked_name
 
     def batches() -> Iterator[ActivationBatch]:
-        rows = cache.batches(4096, hookpoints=sources, split=split, shuffle=False)
-        return stack_sources(rows, sources)
+        return cache.batches(4096, hookpoints=[stacked_name(sources)], split=split,
+                             shuffle=False)
 
     return batches
 

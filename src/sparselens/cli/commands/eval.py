@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING, Any
 from sparselens.cli.options import positional
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from sparselens.data.cache import ActivationCache
     from sparselens.dictionaries.base import Dictionary
+    from sparselens.dictionaries.stacked import StackedDictionary
 
 NAME = "eval"
 HELP = ("Evaluate a dictionary on the held-out split of an activation cache: MSE, explained "
@@ -50,6 +53,8 @@ class Config:
 
 def run(cfg: Config) -> int:
     from sparselens.data.cache import ActivationCache
+    from sparselens.dictionaries.stacked import StackedDictionary
+    from sparselens.evaluation.per_source import per_source_reconstruction
     from sparselens.evaluation.reconstruction import reconstruction_metrics
     from sparselens.evaluation.results import results_record, write_results
     from sparselens.io.native import load_dictionary
@@ -64,7 +69,14 @@ def run(cfg: Config) -> int:
                             split="heldout", shuffle=False)
     recon = reconstruction_metrics(dictionary, batches, source, target,
                                    dense_threshold=cfg.dense_threshold, max_tokens=cfg.max_tokens)
-    spliced = _spliced(cfg, cache, dictionary, source, target) if cfg.spliced else None
+    if isinstance(dictionary, StackedDictionary):
+        recon["per_source"] = per_source_reconstruction(
+            dictionary, cache.batches(cfg.batch_size, hookpoints=[source], split="heldout",
+                                      shuffle=False),
+            source, max_tokens=cfg.max_tokens, dense_threshold=cfg.dense_threshold)
+        spliced = _spliced_per_source(cfg, cache, dictionary) if cfg.spliced else None
+    else:
+        spliced = _spliced(cfg, cache, dictionary, source, target) if cfg.spliced else None
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "eval.json"
     record = results_record(_checkpoint_info(cfg.checkpoint, dictionary),
                             {"cache": str(Path(cfg.cache).resolve()), "split": "heldout",
@@ -90,26 +102,58 @@ def _module_spec(cache: ActivationCache, name: str) -> str:
     return entry["module"] if entry["side"] == "output" else f"{entry['module']}:{entry['side']}"
 
 
-def _spliced(cfg: Config, cache: ActivationCache, dictionary: Dictionary, source: str,
-             target: str | None) -> dict[str, Any]:
+def _heldout_sequences(cfg: Config, cache: ActivationCache) -> Tensor:
     import torch
 
+    tokens = cache.tokens()
+    heldout = tokens[cache.is_heldout(torch.arange(tokens.shape[0]))][: cfg.max_sequences]
+    if heldout.shape[0] == 0:
+        raise ValueError(f"the cache {cfg.cache} has no held-out sequences; re-harvest with a "
+                         "positive held-out fraction, or pass --spliced false")
+    return heldout
+
+
+def _spliced(cfg: Config, cache: ActivationCache, dictionary: Dictionary, source: str,
+             target: str | None) -> dict[str, Any]:
     from sparselens.evaluation.spliced import spliced_metrics
     from sparselens.models.source import load_model
 
     model_name = cfg.model or cache.manifest.get("model")
     if not isinstance(model_name, str):
         raise ValueError(f"the cache manifest names model(s) {model_name!r}; pass --model")
-    tokens = cache.tokens()
-    heldout = tokens[cache.is_heldout(torch.arange(tokens.shape[0]))][: cfg.max_sequences]
-    if heldout.shape[0] == 0:
-        raise ValueError(f"the cache {cfg.cache} has no held-out sequences; re-harvest with a "
-                         "positive held-out fraction, or pass --spliced false")
+    heldout = _heldout_sequences(cfg, cache)
     loaded = load_model(model_name, dtype=cfg.model_dtype, device=cfg.device)
     result = spliced_metrics(dictionary, loaded, _module_spec(cache, source), heldout,
                              target_hookpoint=_module_spec(cache, target) if target else None,
                              batch_size=cfg.sequences_per_batch)
     return {"model": model_name, **result}
+
+
+def _spliced_per_source(cfg: Config, cache: ActivationCache,
+                        dictionary: StackedDictionary) -> dict[str, Any]:
+    """Each source of a crosscoder or multi-layer SAE spliced into its model in turn. A
+    two-model cache names its models by label (``{"base": ..., "chat": ...}``)."""
+    import torch
+
+    from sparselens.data.chunking import Chunk, special_token_ids
+    from sparselens.evaluation.per_source import per_source_spliced
+    from sparselens.models.source import LoadedModel, load_model
+
+    named = cfg.model or cache.manifest.get("model")
+    if not isinstance(named, (str, dict)):
+        raise ValueError(f"the cache manifest names no model ({named!r}); pass --model")
+    if isinstance(named, str):
+        models: LoadedModel | dict[str, LoadedModel] = load_model(
+            named, dtype=cfg.model_dtype, device=cfg.device)
+    else:
+        models = {label: load_model(path, dtype=cfg.model_dtype, device=cfg.device)
+                  for label, path in named.items()}
+    first = models if isinstance(models, LoadedModel) else next(iter(models.values()))
+    specials = torch.tensor(special_token_ids(first.tokenizer), dtype=torch.long)
+    chunks = [Chunk(ids=ids, special=torch.isin(ids, specials), doc_id=-1)
+              for ids in _heldout_sequences(cfg, cache)]
+    results = per_source_spliced(dictionary, models, chunks, batch_size=cfg.sequences_per_batch)
+    return {"model": named, "per_source": results}
 
 
 def _checkpoint_info(path: str, dictionary: Dictionary) -> dict[str, Any]:
@@ -129,7 +173,14 @@ def _print_summary(record: dict[str, Any], out: Path) -> None:
     print(f"reconstruction on {recon['n_tokens']} held-out tokens: FVU {recon['fvu']:.4f}, "
           f"MSE {recon['mse']:.4g}, cos {recon['cosine_similarity']:.4f}, L0 {recon['l0']:.1f}, "
           f"dead {100 * recon['dead_fraction']:.1f}%, dense {100 * recon['dense_fraction']:.1f}%")
-    if spliced:
+    for r in recon.get("per_source", []):
+        print(f"  {r['source']}: FVU {r['fvu']:.4f}, L0 {r['l0']:.1f}")
+    if spliced and "per_source" in spliced:
+        for r in spliced["per_source"]:
+            print(f"  {r['source']} spliced: CE clean {r['ce_clean']:.4f}, spliced "
+                  f"{r['ce_spliced']:.4f}, KL {r['kl_spliced']:.4f}, loss recovered "
+                  f"{r['loss_recovered']:.4f}")
+    elif spliced:
         print(f"spliced on {spliced['n_predictions']} predictions: CE clean "
               f"{spliced['ce_clean']:.4f}, spliced {spliced['ce_spliced']:.4f}, zero-ablated "
               f"{spliced['ce_zero_ablation']:.4f}, KL {spliced['kl_spliced']:.4f}, loss "
