@@ -117,6 +117,29 @@ def test_auxk_on_dead_latents_matches_dense_reference() -> None:
         assert rel_err(fast_grads[name], ref_grads[name]) < FP32_TOL, name
 
 
+def test_auxk_loss_matches_the_plain_dense_formula() -> None:
+    """AuxK's sparse decode: loss and gradients equal scattering the top-k_aux dead codes into
+    a dense matrix and multiplying by the decoder with autograd."""
+    from sparselens.dictionaries.losses import auxk_loss, squared_error
+
+    gen = torch.Generator().manual_seed(5)
+    pre = torch.randn(64, 40, generator=gen, requires_grad=True)
+    W_dec = torch.randn(40, 12, generator=gen, requires_grad=True)
+    residual = torch.randn(64, 12, generator=gen)
+    dead = torch.rand(40, generator=gen) < 0.5
+    fast = auxk_loss(pre, residual, W_dec, dead, k_aux=6)
+    fast_grads = torch.autograd.grad(fast, (pre, W_dec))
+    masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
+    indices = masked.topk(6, dim=-1).indices
+    codes = torch.zeros_like(pre).scatter(-1, indices, torch.relu(pre.gather(-1, indices)))
+    scale = (residual - residual.mean(0)).pow(2).sum(-1).mean()
+    ref = squared_error(codes @ W_dec, residual) / scale
+    ref_grads = torch.autograd.grad(ref, (pre, W_dec))
+    torch.testing.assert_close(fast, ref)
+    for got, want in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(got, want)
+
+
 def test_transcoder_with_skip_and_input_gradient() -> None:
     torch.manual_seed(0)
     sae = build("topk", d_in=16, d_out=12, n_latents=128, k=4, pre_encoder_bias=False,

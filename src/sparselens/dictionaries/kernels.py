@@ -165,6 +165,22 @@ class SparsePattern:
         return out.index_put_((self.tokens, self.latents), values)
 
 
+def transpose_blocked(matrix: Tensor, dtype: torch.dtype | None = None,
+                      block_rows: int = 1024) -> Tensor:
+    """``matrix.T`` as a new contiguous tensor, copied a block of rows at a time.
+
+    The encoder gradient is built latent by latent, ``(n, d)``, but ``W_enc`` is ``(d, n)``.
+    Handing autograd the transposed view makes it accumulate with a strided add (14 ms at
+    9216 x 576 on 2 cores); one plain ``.T.contiguous()`` takes 11 ms, and blocks that stay in
+    cache take 4 ms (measured, docs/performance.md).
+    """
+    rows, cols = matrix.shape
+    out = torch.empty(cols, rows, dtype=dtype or matrix.dtype, device=matrix.device)
+    for start in range(0, rows, block_rows):
+        out[:, start:start + block_rows].copy_(matrix[start:start + block_rows].T)
+    return out
+
+
 def _offsets(sorted_ids: Tensor, count: int) -> Tensor:
     """CSR offsets ``(count + 1,)`` of a sorted id vector, without a host sync."""
     bounds = torch.arange(count + 1, device=sorted_ids.device, dtype=sorted_ids.dtype)
@@ -199,7 +215,7 @@ class _GatheredPreActs(torch.autograd.Function):
         grad_w = grad_x = grad_b_dec = None
         if ctx.needs_input_grad[3]:
             centred = (x - b_dec if ctx.has_b_dec else x).float()
-            grad_w = pattern.gather_tokens(grad, centred).T.to(W_enc.dtype)
+            grad_w = transpose_blocked(pattern.gather_tokens(grad, centred), W_enc.dtype)
         if ctx.needs_input_grad[2]:
             grad_x = (pattern.by_token(grad) @ weight.T).to(x.dtype)
         if ctx.has_b_dec and ctx.needs_input_grad[5]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+DENSE_AUX_FACTOR = 8
+"""AuxK decodes densely when there are at most this many times k_aux candidate latents: a GEMM
+over the (few) dead latents runs at matrix speed, the sparse sums at memory speed."""
+
 
 def squared_error(recon: Tensor, target: Tensor) -> Tensor:
     """Squared error norm per token, averaged over tokens."""
@@ -35,12 +39,31 @@ def auxk_loss(pre: Tensor, residual: Tensor, W_dec: Tensor, dead_mask: Tensor | 
     values = pre.gather(-1, indices)
     if not by_magnitude:
         values = torch.relu(values)
-    aux_recon = torch.nn.functional.embedding_bag(
-        indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
+    if W_dec.shape[0] <= DENSE_AUX_FACTOR * k:  # few candidates: one GEMM beats sparse sums
+        codes = torch.zeros_like(pre).scatter(-1, indices, values)
+        aux_recon = codes.to(W_dec.dtype) @ W_dec
+    else:
+        aux_recon = _sparse_rows_decode(values, indices, W_dec)
     err = residual.detach()
     aux_mse = squared_error(aux_recon, err)
     scale = (err - err.mean(0)).pow(2).sum(-1).mean() if mse_scale is None else mse_scale
     return aux_mse / scale.clamp_min(1e-12)
+
+
+def _sparse_rows_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """``Σ_j values[:, j] W_dec[indices[:, j]]`` ``(B, d)`` with sparse gradients.
+
+    AuxK decodes ``k_aux`` latents per token (k_aux = d/2 by default, about ten times the main
+    k), so autograd through ``embedding_bag`` (whose CPU backward builds the weight gradient
+    entry by entry) cost more than the rest of a TopK step; the sparse kernel's decode computes
+    the same gradients with forward-only bag sums.
+    """
+    from sparselens.dictionaries.kernels import SparsePattern, sparse_decode
+
+    rows = indices.reshape(-1, indices.shape[-1])
+    pattern = SparsePattern.from_rows(rows, W_dec.shape[0])
+    decoded = sparse_decode(values.reshape(-1).to(W_dec.dtype), pattern, W_dec)
+    return decoded.reshape(*indices.shape[:-1], W_dec.shape[1])
 
 
 def l1_penalty(codes: Tensor, W_dec: Tensor | None = None) -> Tensor:
