@@ -119,3 +119,31 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def fine_tune_embedding_offset(model: torch.nn.Module, tokens: list[int], ids: torch.Tensor,
+                               steps: int, lr: float, batch_size: int) -> torch.Tensor:
+    """Language modelling on the sequences `ids`, training only one vector added to the (model-
+    scaled) input embeddings of `tokens` (embedding-offset tuning); returns the vector. The
+    model's own weights are neither changed nor given gradients."""
+    embedding = model.get_input_embeddings()
+    selected = torch.zeros(embedding.weight.shape[0], 1)
+    selected[tokens] = 1.0
+    offset = torch.zeros(embedding.weight.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([offset], lr=lr)
+    gen = torch.Generator().manual_seed(0)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            batch = ids[torch.randint(ids.shape[0], (batch_size,), generator=gen)]
+            inputs = embedding(batch) + selected[batch] * offset
+            loss = model(inputs_embeds=inputs, labels=batch).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return offset.detach()

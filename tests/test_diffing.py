@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from conftest import fine_tune_embedding_offset, make_tiny_llama
 from sparselens.cli.main import main
 from sparselens.data.batch import ActivationBatch
 from sparselens.dictionaries import build
@@ -162,26 +162,6 @@ def _documents(seed: int = 0) -> tuple[list[str], list[str]]:
     return words[:80], [text.upper() for text in words[80:]]
 
 
-def _fine_tune_offset(model: torch.nn.Module, tokens: list[int], ids: torch.Tensor, steps: int,
-                      lr: float) -> torch.Tensor:
-    """Train one vector added to the embeddings of `tokens` (the only trained parameters, as
-    in embedding-offset tuning) on sequences `ids`; returns it."""
-    embedding = model.get_input_embeddings()
-    selected = torch.zeros(embedding.weight.shape[0], 1)
-    selected[tokens] = 1.0
-    offset = torch.zeros(embedding.weight.shape[1], requires_grad=True)
-    optimizer = torch.optim.Adam([offset], lr=lr)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        batch = ids[torch.randint(ids.shape[0], (8,), generator=gen)]
-        inputs = embedding(batch) + selected[batch] * offset
-        loss = model(inputs_embeds=inputs, labels=batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return offset.detach()
-
-
 @pytest.fixture(scope="module")
 def diff_setup(tmp_path_factory) -> dict[str, Path]:
     """Model A cannot tell upper from lower case: its upper-case letters carry their lower-case
@@ -198,7 +178,8 @@ def diff_setup(tmp_path_factory) -> dict[str, Path]:
     plain, shouted = _documents()
     ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(text)["input_ids"][:31]]
                         for text in shouted])
-    offset = _fine_tune_offset(base.model, upper, ids, steps=100, lr=0.3)
+    offset = fine_tune_embedding_offset(base.model, upper, ids, steps=100, lr=0.3,
+                                        batch_size=8)
     tuned = copy.deepcopy(base)
     tuned.model.get_input_embeddings().weight[upper] += offset
     corpus = root / "corpus"

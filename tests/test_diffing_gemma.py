@@ -26,6 +26,7 @@ from itertools import islice
 import pytest
 import torch
 
+from conftest import fine_tune_embedding_offset
 from sparselens.cli.main import main
 from sparselens.data.cache import ActivationCache
 from sparselens.data.corpus import CorpusConfig, iter_texts
@@ -57,43 +58,17 @@ def _token_ids(tokenizer, texts: list[str]) -> set[int]:
     return {t for text in texts for t in tokenizer(text, add_special_tokens=False)["input_ids"]}
 
 
-def _fine_tune_offset(loaded: LoadedModel, tokens: list[int], texts: list[str], steps: int,
-                      lr: float) -> torch.Tensor:
-    """Language modelling on `texts`, training only a vector added to the (scaled) input
-    embeddings of `tokens`; the model's own weights are not touched."""
-    model, tokenizer = loaded.model, loaded.tokenizer
-    embedding = model.get_input_embeddings()
-    ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)
-                         ["input_ids"][:31]] for text in texts])
-    selected = torch.zeros(embedding.weight.shape[0], 1)
-    selected[tokens] = 1.0
-    offset = torch.zeros(embedding.weight.shape[1], requires_grad=True)
-    optimizer = torch.optim.Adam([offset], lr=lr)
-    gen = torch.Generator().manual_seed(0)
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        for _ in range(steps):
-            batch = ids[torch.randint(ids.shape[0], (4,), generator=gen)]
-            inputs = embedding(batch) + selected[batch] * offset
-            loss = model(inputs_embeds=inputs, labels=batch).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-    return offset.detach()
-
-
 @pytest.fixture(scope="module")
 def tuned_gemma(gemma: LoadedModel, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("gemma-diff")
     tuning, other, mixed, general = _texts()
     tokens = sorted(_token_ids(gemma.tokenizer, tuning) - _token_ids(gemma.tokenizer, other))
     assert len(tokens) >= 10, "the tuned words should have tokens of their own"
-    offset = _fine_tune_offset(gemma, tokens, tuning, steps=12, lr=2.0)
+    tokenizer = gemma.tokenizer
+    ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)
+                         ["input_ids"][:31]] for text in tuning])
+    offset = fine_tune_embedding_offset(gemma.model, tokens, ids, steps=12, lr=2.0,
+                                        batch_size=4)
     tuned = copy.deepcopy(gemma.model)
     embedding = tuned.get_input_embeddings()
     scale = float(getattr(embedding, "embed_scale", 1.0))  # gemma scales embeddings by sqrt(d)
