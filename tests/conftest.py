@@ -7,6 +7,8 @@ the real Hugging Face classes, so hookpoints resolve exactly as on full-size che
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -119,6 +121,21 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    """A TCP port on localhost that is free now (for a test's process group)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def join_as_rank(rank: int, world: int, port: int) -> None:
+    """Set the environment `torchrun` would give worker `rank` of `world` on localhost (call
+    it in a spawned worker), with one thread so two ranks share two cores without contention."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
 def fine_tune_embedding_offset(model: torch.nn.Module, tokens: list[int], ids: torch.Tensor,

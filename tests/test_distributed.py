@@ -9,7 +9,6 @@ same order as the uninterrupted one, must match it bitwise.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import free_port, join_as_rank
 from sparselens.data.batch import ActivationBatch
 from sparselens.training import CheckpointConfig, LogConfig, OptimConfig, TrainConfig, Trainer
 from sparselens.training import distributed as dp
@@ -62,11 +62,7 @@ def final_state(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 def worker(rank: int, port: int, tmp: Path) -> None:
     """One rank: a full run, then a resume from its step-2 checkpoint into another folder."""
-    import os
-
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    join_as_rank(rank, WORLD, port)
     with dp.distributed_session("cpu"):
         full = Trainer(config(), data, tmp / "dist")
         full.fit()
@@ -75,12 +71,6 @@ def worker(rank: int, port: int, tmp: Path) -> None:
                                  tmp / "resumed")
         resumed.fit()
         torch.save(final_state(resumed), tmp / f"resumed_rank{rank}.pt")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,21 @@ batch that brings it to ``shard_tokens`` stored rows. Shards therefore always st
 batch boundary, so a resumed harvest (which skips exactly the sequences of the shards the
 manifest lists) runs the same batches as an uninterrupted one and writes identical bytes.
 Each shard is written atomically and only then listed, with its sha256, in the manifest.
+
+Under ``torchrun`` the ranks share the work shard by shard. Which sequences a shard holds
+follows from token counts alone (special tokens are not stored), so every rank plans the same
+shards from the same chunk stream without running the model; in each round rank r forwards
+and writes shard ``round * world + r``, and after the round rank 0 lists the round's shards in
+the manifest, in order. The cache is byte-identical to a single process's (same batches, same
+files), and an interrupted distributed harvest resumes like any other, with any number of ranks.
+The output folder must be one filesystem that every rank sees.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -19,6 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sparselens import distributed as dist
 from sparselens.data.manifest import (
     MANIFEST_NAME,
     add_shard,
@@ -87,20 +96,74 @@ def harvest(models: LoadedModel | Mapping[str, LoadedModel], chunks: Iterable[Ch
     header = _header(taps, cfg, int(first.ids.shape[-1]), corpus)
     manifest = _start_or_resume(out, header)
     remaining = islice(chain([first], chunk_iter), manifest["n_sequences"], None)
-    batches = _batched(remaining, cfg.batch_size)
-    written = 0
+    plans = _plan_shards(_batched(remaining, cfg.batch_size), manifest, cfg)
+    world, written = dist.world_size(), 0
     with tqdm(total=cfg.max_tokens, initial=manifest["n_tokens"], unit="tok", unit_scale=True,
-              desc="harvest", disable=not cfg.progress, dynamic_ncols=True) as bar:
-        while cfg.max_tokens is None or manifest["n_tokens"] < cfg.max_tokens:
-            if cfg.max_shards is not None and written >= cfg.max_shards:
+              desc="harvest", dynamic_ncols=True,
+              disable=not (cfg.progress and dist.is_main_process())) as bar:
+        while True:
+            budget = world if cfg.max_shards is None else min(world, cfg.max_shards - written)
+            if budget <= 0:
                 return manifest
-            pieces = _read_shard(taps, batches, manifest, cfg, bar)
-            if not pieces:
+            round_ = list(islice(plans, budget))
+            if not round_:
                 break
-            manifest = _write_shard(out, pieces, manifest, cfg)
-            written += 1
+            manifest = _harvest_round(out, taps, round_, manifest, cfg, bar)
+            written += len(round_)
     manifest = {**manifest, "complete": True}
-    write_manifest(out, manifest)
+    if dist.is_main_process():
+        write_manifest(out, manifest)
+    dist.barrier()
+    return manifest
+
+
+@dataclass
+class ShardPlan:
+    """The forward batches of one shard, known before any model runs."""
+
+    first_sequence: int
+    batches: list[list[ChunkLike]] = field(default_factory=list)
+    n_rows: int = 0
+
+
+def _plan_shards(batches: Iterator[list[ChunkLike]], manifest: dict[str, Any],
+                 cfg: HarvestConfig) -> Iterator[ShardPlan]:
+    """Group forward batches into shards: a shard closes after the batch that brings it to
+    ``shard_tokens`` stored rows (or to the token budget)."""
+    n_tokens, next_seq = manifest["n_tokens"], manifest["n_sequences"]
+    while cfg.max_tokens is None or n_tokens < cfg.max_tokens:
+        target = cfg.shard_tokens
+        if cfg.max_tokens is not None:
+            target = min(target, cfg.max_tokens - n_tokens)
+        plan = ShardPlan(first_sequence=next_seq)
+        while plan.n_rows < target and (batch := next(batches, None)) is not None:
+            plan.batches.append(batch)
+            plan.n_rows += sum(int((~chunk.special.bool()).sum()) for chunk in batch)
+            next_seq += len(batch)
+        if not plan.batches:
+            return
+        yield plan
+        n_tokens += plan.n_rows
+
+
+def _harvest_round(out: Path, taps: list[Tap], round_: list[ShardPlan],
+                   manifest: dict[str, Any], cfg: HarvestConfig, bar: tqdm) -> dict[str, Any]:
+    """Each rank writes its shard of the round; then all of them are listed, in order."""
+    me, first_index = dist.rank(), len(manifest["shards"])
+    mine = None
+    if me < len(round_):
+        mine = _write_shard(out / f"shard-{first_index + me:05d}.safetensors",
+                            _read_plan(taps, round_[me], bar), round_[me], cfg)
+    finished = dist.all_gather_object(mine)[:len(round_)]
+    for rank, (record, widths) in enumerate(finished):
+        manifest = add_shard(manifest, record)
+        manifest["hookpoints"] = [{**h, "width": widths[h["name"]]}
+                                  for h in manifest["hookpoints"]]
+        if rank != me:
+            bar.update(record.n_rows)
+    if dist.is_main_process():
+        write_manifest(out, manifest)
+    dist.barrier()  # nobody starts the next round (or returns) before the manifest lists this one
     return manifest
 
 
@@ -139,11 +202,13 @@ def _start_or_resume(out: Path, header: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{out} is not empty ({', '.join(sorted(leftovers)[:5])}) and "
                              "holds no activation cache; choose an empty or new folder")
         manifest = new_manifest(header)
-    out.mkdir(parents=True, exist_ok=True)
-    listed = {s["file"] for s in manifest["shards"]}
-    for path in out.glob("*"):  # unlisted shards and temp files of an interrupted run
-        if _is_harvest_file(path) and path.name not in listed and path.name != MANIFEST_NAME:
-            path.unlink()
+    if dist.is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        listed = {s["file"] for s in manifest["shards"]}
+        for path in out.glob("*"):  # unlisted shards and temp files of an interrupted run
+            if _is_harvest_file(path) and path.name not in listed and path.name != MANIFEST_NAME:
+                path.unlink()
+    dist.barrier()  # the folder is clean before any rank writes into it
     return manifest
 
 
@@ -157,26 +222,19 @@ def _batched(items: Iterator[ChunkLike], size: int) -> Iterator[list[ChunkLike]]
         yield batch
 
 
-def _read_shard(taps: list[Tap], batches: Iterator[list[ChunkLike]], manifest: dict[str, Any],
-                cfg: HarvestConfig, bar: tqdm) -> list[ChunkRows]:
-    """Forward batches until one shard's worth of rows (or the token budget) is read."""
-    target = cfg.shard_tokens
-    if cfg.max_tokens is not None:
-        target = min(target, cfg.max_tokens - manifest["n_tokens"])
-    pieces: list[ChunkRows] = []
-    rows, next_seq = 0, manifest["n_sequences"]
-    while rows < target and (batch := next(batches, None)) is not None:
-        piece = read_chunks(taps, batch, next_seq)
-        pieces.append(piece)
+def _read_plan(taps: list[Tap], plan: ShardPlan, bar: tqdm) -> list[ChunkRows]:
+    """Forward the batches of one shard."""
+    pieces, next_seq = [], plan.first_sequence
+    for batch in plan.batches:
+        pieces.append(read_chunks(taps, batch, next_seq))
         next_seq += len(batch)
-        rows += len(piece.rows)
-        bar.update(len(piece.rows))
+        bar.update(len(pieces[-1].rows))
     return pieces
 
 
-def _write_shard(out: Path, pieces: list[ChunkRows], manifest: dict[str, Any],
-                 cfg: HarvestConfig) -> dict[str, Any]:
-    """Write one shard (train rows first, then held-out rows) and list it in the manifest."""
+def _write_shard(path: Path, pieces: list[ChunkRows], plan: ShardPlan,
+                 cfg: HarvestConfig) -> tuple[ShardRecord, dict[str, int]]:
+    """Write one shard (train rows first, then held-out rows); its record and row widths."""
     rows = concat_rows([p.rows for p in pieces])
     held = heldout_mask(rows.seq_ids, cfg.heldout_fraction, cfg.seed)
     order = torch.cat([torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()])
@@ -186,14 +244,10 @@ def _write_shard(out: Path, pieces: list[ChunkRows], manifest: dict[str, Any],
                    positions=rows.positions[order],
                    sequence_tokens=torch.cat([p.tokens for p in pieces]),
                    sequence_doc_ids=torch.cat([p.doc_ids for p in pieces]))
-    name = f"shard-{len(manifest['shards']):05d}.safetensors"
-    sha, size = write_shard(out / name, tensors)
-    record = ShardRecord(file=name, sha256=sha, bytes=size, n_rows=len(rows),
+    sha, size = write_shard(path, tensors)
+    n_sequences = int(tensors["sequence_tokens"].shape[0])
+    record = ShardRecord(file=path.name, sha256=sha, bytes=size, n_rows=len(rows),
                          n_train_rows=int((~held).sum()),
-                         first_sequence=manifest["n_sequences"],
-                         n_sequences=int(tensors["sequence_tokens"].shape[0]))
-    manifest = add_shard(manifest, record)
-    manifest["hookpoints"] = [{**h, "width": int(rows.acts[h["name"]].shape[1])}
-                              for h in manifest["hookpoints"]]
-    write_manifest(out, manifest)
-    return manifest
+                         first_sequence=plan.first_sequence,
+                         n_sequences=n_sequences)
+    return record, {name: int(act.shape[1]) for name, act in rows.acts.items()}

@@ -41,29 +41,43 @@ class Config:
     seed: int = 0
     """Seed of the held-out split."""
     device: str = "cpu"
-    """Device to run the model on (cpu, cuda, cuda:1, ...)."""
+    """Device to run the model on (cpu, cuda, cuda:1, ...); under torchrun, ``cuda`` means
+    each rank's own GPU."""
     second_model: str | None = None
     """A second model to read the same hookpoints from on the same tokens (model diffing);
     names then become modelA/<hookpoint> and modelB/<hookpoint>."""
 
 
 def run(cfg: Config) -> int:
+    from sparselens.distributed import distributed_session
+
+    with distributed_session(cfg.device):  # under torchrun, ranks share the shards
+        return _harvest(cfg)
+
+
+def _harvest(cfg: Config) -> int:
+    import torch
+
     from sparselens.data.chunking import chunk_texts
     from sparselens.data.corpus import describe, iter_texts
     from sparselens.data.harvest import HarvestConfig, harvest
+    from sparselens.distributed import is_main_process, local_device
     from sparselens.models.source import load_model
 
+    device = str(local_device(torch.device(cfg.device)))
     settings = HarvestConfig(storage_dtype=cfg.storage_dtype, batch_size=cfg.batch_size,
                              shard_tokens=cfg.shard_tokens, max_tokens=cfg.n_tokens,
                              heldout_fraction=cfg.heldout_fraction, seed=cfg.seed)
-    loaded = load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+    loaded = load_model(cfg.model, dtype=cfg.model_dtype, device=device)
     models = loaded
     if cfg.second_model is not None:
-        second = load_model(cfg.second_model, dtype=cfg.model_dtype, device=cfg.device)
+        second = load_model(cfg.second_model, dtype=cfg.model_dtype, device=device)
         models = {"modelA": loaded, "modelB": second}
     chunks = chunk_texts(iter_texts(cfg.corpus), loaded.tokenizer, cfg.context_len)
     manifest = harvest(models, chunks, cfg.hookpoints, cfg.out, settings,
                        corpus=describe(cfg.corpus))
+    if not is_main_process():
+        return 0
     widths = ", ".join(f"{h['name']} ({h['width']})" for h in manifest["hookpoints"])
     print(f"{cfg.out}: {manifest['n_tokens']:,} tokens from {manifest['n_sequences']:,} "
           f"sequences in {len(manifest['shards'])} shards; hookpoints {widths}; "
