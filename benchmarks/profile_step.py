@@ -31,13 +31,16 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None,
                         help="activation cache (default: train_speed.py's, harvested if missing)")
     parser.add_argument("--rows", type=int, default=30, help="operators to list")
+    parser.add_argument("--dead-tokens", type=int, default=None,
+                        help="dead-latent window (default: two batches, so AuxK is active; "
+                             "a huge value profiles the step without AuxK)")
     args = parser.parse_args()
     shape = train_speed.configs(quick=False)[args.config]
     cache = args.cache or train_speed.ensure_cache(
         Path.home() / ".cache" / "sparselens" / "bench" / f"{train_speed.MODEL}-resid.6-236202",
         "resid.6", 236_202, heldout_fraction=0.1)
     spec = {**shape, "cache": str(cache), "mode": args.mode, "steps": 20, "scale": 1.0,
-            "architecture": args.architecture, "dead_tokens": 2 * shape["batch"],
+            "architecture": args.architecture, "dead_tokens": args.dead_tokens or 2 * shape["batch"],
             "dictionary": {} if args.architecture == "jumprelu" else {"k": shape["k"]}}
     spec["scale"] = train_speed.input_scale(spec)
     stream = train_speed.batches(spec, "train")

@@ -7,8 +7,8 @@ Here only the encoder GEMM stays dense; everything after it touches ``batch x k`
 
 1. `select_topk`: the pre-activations are computed a tile of rows at a time into one reused
    buffer (it stays in cache, and no fresh 100 MB tensor is page-faulted in every step), and the
-   exact top-k of each row is found from group maxima (`grouped_topk`) instead of a full
-   ``topk`` over every latent. No autograd graph is recorded for this part.
+   exact top-k of each row is found from group maxima (`grouped_topk`, applied recursively)
+   instead of a full ``topk`` over every latent. No autograd graph is recorded for this part.
 2. `SparsePattern`: the selected ``(token, latent)`` pairs in token order (for decoding) and in
    latent order (for the weight gradients), built once per step by one ``argsort``.
 3. `gathered_pre_acts`: an autograd function whose output is the selected pre-activations and
@@ -36,33 +36,49 @@ from torch import Tensor
 
 from sparselens.dictionaries.base import LossOutput
 
-GROUP_SIZE = 16
-"""Latents per group in `grouped_topk` (measured: 8-32 are equally fast, see docs)."""
+MIN_GROUPED = 8
+"""Rows shorter than this many times k go straight to ``torch.topk`` (grouping no longer pays)."""
 TILE_ROWS = 1024
 """Rows of the pre-activation matrix computed at once in `select_topk` (measured best of
 256-4096 at 4096 x 9216; fewer, larger tiles also suffer less on a loaded machine)."""
 
 
-def grouped_topk(pre: Tensor, k: int, group_size: int = GROUP_SIZE) -> tuple[Tensor, Tensor]:
+def group_size_for(n: int, k: int) -> int:
+    """The power of two nearest ``sqrt(n / k)``: the group-maxima stage (``n / g`` entries)
+    and the candidate stage (``k * g``) then cost about the same; 1 means "no grouping"."""
+    if n < MIN_GROUPED * k:
+        return 1
+    size = 1
+    while (2 * size) ** 2 * k <= n:
+        size *= 2
+    return size
+
+
+def grouped_topk(pre: Tensor, k: int, group_size: int | None = None) -> tuple[Tensor, Tensor]:
     """Exact ``pre.topk(k, dim=-1)`` of a 2-D tensor (values, indices; unordered), faster.
 
     Split each row's ``n`` entries into ``n / group_size`` groups (strided, so the group
     maximum is a fast reduction over a non-contiguous axis) and take the k groups with the
     largest maxima. The k-th largest group maximum ``t`` is a value that at least k entries reach,
     so every top-k entry is ``>= t`` and lies in a group whose maximum is ``>= t``: one of those
-    k groups. The answer is then the top-k of only ``k * group_size`` candidates. Ties at the
-    k-th value may pick different (equal-valued) entries than ``torch.topk``.
+    k groups. The answer is then the top-k of only ``k * group_size`` candidates. Both smaller
+    top-k problems are solved the same way while they are long enough (``torch.topk`` costs
+    about the same per entry whatever k is, so shrinking the rows is what pays: 9216 -> 576
+    group maxima -> 144, and 512 candidates -> 128). Ties at the k-th value may pick different
+    (equal-valued) entries than ``torch.topk``. `group_size` fixes the outer group size
+    (default `group_size_for`).
     """
     rows, n = pre.shape
-    if n % group_size or k * group_size >= n:
+    size = group_size or group_size_for(n, k)
+    if size < 2 or n % size or k * size >= n:
         return pre.topk(k, dim=-1, sorted=False)
-    groups = n // group_size
-    grouped = pre.view(rows, group_size, groups)  # entry (j, g) is latent j * groups + g
-    top_groups = grouped.amax(1).topk(k, dim=-1, sorted=False).indices  # (rows, k)
+    groups = n // size
+    grouped = pre.view(rows, size, groups)  # entry (j, g) is latent j * groups + g
+    top_groups = grouped_topk(grouped.amax(1), k)[1]  # (rows, k)
     members = top_groups[:, None, :] + torch.arange(0, n, groups, device=pre.device)[:, None]
-    candidates = grouped.gather(2, top_groups[:, None, :].expand(rows, group_size, k))
-    values, position = candidates.reshape(rows, group_size * k).topk(k, dim=-1, sorted=False)
-    return values, members.reshape(rows, group_size * k).gather(1, position)
+    candidates = grouped.gather(2, top_groups[:, None, :].expand(rows, size, k))
+    values, position = grouped_topk(candidates.reshape(rows, size * k), k)
+    return values, members.reshape(rows, size * k).gather(1, position)
 
 
 @torch.no_grad()
