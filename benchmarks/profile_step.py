@@ -40,7 +40,8 @@ def main() -> None:
         Path.home() / ".cache" / "sparselens" / "bench" / f"{train_speed.MODEL}-resid.6-236202",
         "resid.6", 236_202, heldout_fraction=0.1)
     spec = {**shape, "cache": str(cache), "mode": args.mode, "steps": 20, "scale": 1.0,
-            "architecture": args.architecture, "dead_tokens": args.dead_tokens or 2 * shape["batch"],
+            "architecture": args.architecture,
+            "dead_tokens": args.dead_tokens or 2 * shape["batch"],
             "dictionary": {} if args.architecture == "jumprelu" else {"k": shape["k"]}}
     spec["scale"] = train_speed.input_scale(spec)
     stream = train_speed.batches(spec, "train")

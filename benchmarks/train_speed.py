@@ -13,6 +13,8 @@ k=32, 4096 tokens a batch; and d=640 (the model's own width) with 16 x 640 laten
 
     python benchmarks/train_speed.py            # full run: about an hour on 2 idle cores
     python benchmarks/train_speed.py --quick    # smoke run with tiny shapes, a few minutes
+    python benchmarks/train_speed.py --configs d576 --dead-tokens 13107 --no-variants \
+        --out benchmarks/results/train_speed_auxk.json   # latents die: AuxK in every step
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ MODEL = "gemma-3-270m"
 MODEL_WIDTH = 640
 VARIANTS = ("topk", "batchtopk", "jumprelu", "matryoshka", "abstopk")
 K_VARIANTS = ("topk", "batchtopk", "matryoshka", "abstopk")
+DEAD_TOKENS = 10_000_000
+"""eai-sparsify's default dead-latent window; SAELens's (1000 steps of 4096) is 4M."""
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -257,6 +261,10 @@ def main() -> None:
     parser.add_argument("--hookpoint", default="resid.6")
     parser.add_argument("--cache", type=Path, default=None, help="activation cache folder")
     parser.add_argument("--heldout-tokens", type=int, default=None)
+    parser.add_argument("--dead-tokens", type=int, default=DEAD_TOKENS,
+                        help="a latent unfired for this many tokens is dead and AuxK trains it "
+                             "(default: sparsify's 10M, so no latent dies in a short run, as "
+                             "early in a real one; a tenth of the timed tokens times AuxK too)")
     parser.add_argument("--out", type=Path, default=RESULTS / "train_speed.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -283,7 +291,7 @@ def main() -> None:
         "warmup": args.warmup, "configs": {}}
     for name, shape in shapes.items():
         base = {**shape, "cache": str(cache), "steps": steps, "warmup": args.warmup,
-                "heldout_tokens": heldout, "dead_tokens": max(1, steps * shape["batch"] // 10)}
+                "heldout_tokens": heldout, "dead_tokens": args.dead_tokens}
         base["scale"] = input_scale(base)
         bound = gemm_bound(shape["batch"], shape["d"], shape["n_latents"])
         rows = []

@@ -19,10 +19,12 @@ Here only the encoder GEMM stays dense; everything after it touches ``batch x k`
    a sampled dense-dense product (only the ``k`` needed dot products per token, ``SDDMM``) and
    ``dW_dec`` as another per-latent ``embedding_bag``.
 
-Sparse parts run in float32 (accurate; the CPU sparse kernels have no bfloat16 SDDMM); only the
-encoder GEMM may run in bfloat16 with float32 accumulation (`matmul_dtype`). Everything is
-plain torch, so the same code runs on CUDA; `tests/test_kernels.py` checks values, codes and all
-gradients against autograd through a dense reference. Design measurements: docs/performance.md.
+Sparse parts run in float32 (accurate; the CPU sparse kernels have no bfloat16 SDDMM), except
+that under autocast the encoder GEMM runs in bfloat16 with float32 accumulation
+(`matmul_dtype`) and so do the two weight-gradient sums (bfloat16 results, as autocast's dense
+GEMMs would give). Everything is plain torch, so the same code runs on CUDA;
+`tests/test_kernels.py` checks values, codes and all gradients against autograd through a
+dense reference. Design measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -215,8 +217,8 @@ class _GatheredPreActs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values: Tensor, pattern: SparsePattern, x: Tensor, W_enc: Tensor,
-                b_enc: Tensor, b_dec: Tensor | None) -> Tensor:
-        ctx.pattern = pattern
+                b_enc: Tensor, b_dec: Tensor | None, sum_dtype: torch.dtype) -> Tensor:
+        ctx.pattern, ctx.sum_dtype = pattern, sum_dtype
         ctx.has_b_dec = b_dec is not None
         ctx.save_for_backward(x, W_enc, b_dec if b_dec is not None else x.new_empty(0))
         return values.clone()
@@ -230,21 +232,23 @@ class _GatheredPreActs(torch.autograd.Function):
         grad_b_enc = pattern.sum_by_latent(grad)
         grad_w = grad_x = grad_b_dec = None
         if ctx.needs_input_grad[3]:
-            centred = (x - b_dec if ctx.has_b_dec else x).float()
-            grad_w = transpose_blocked(pattern.gather_tokens(grad, centred), W_enc.dtype)
+            centred = (x - b_dec if ctx.has_b_dec else x).to(ctx.sum_dtype)
+            sums = pattern.gather_tokens(grad.to(ctx.sum_dtype), centred)
+            grad_w = transpose_blocked(sums, W_enc.dtype)
         if ctx.needs_input_grad[2]:
             grad_x = (pattern.by_token(grad) @ weight.T).to(x.dtype)
         if ctx.has_b_dec and ctx.needs_input_grad[5]:
             grad_b_dec = -(weight @ grad_b_enc).to(b_dec.dtype)
-        return None, None, grad_x, grad_w, grad_b_enc.to(W_enc.dtype), grad_b_dec
+        return None, None, grad_x, grad_w, grad_b_enc.to(W_enc.dtype), grad_b_dec, None
 
 
 class _SparseDecode(torch.autograd.Function):
     """``codes @ W_dec`` for codes given as (values, pattern); sparse in both directions."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, pattern: SparsePattern, W_dec: Tensor) -> Tensor:
-        ctx.pattern = pattern
+    def forward(ctx, values: Tensor, pattern: SparsePattern, W_dec: Tensor,
+                sum_dtype: torch.dtype) -> Tensor:
+        ctx.pattern, ctx.sum_dtype = pattern, sum_dtype
         ctx.save_for_backward(values, W_dec)
         # detached inputs select embedding_bag's forward-only kernel (no backward bookkeeping)
         codes = values.detach().float()
@@ -261,23 +265,30 @@ class _SparseDecode(torch.autograd.Function):
             sampled = torch.sparse.sampled_addmm(template, grad, W_dec.float().T, beta=0.0)
             grad_values = sampled.values().to(values.dtype)
         if ctx.needs_input_grad[2]:
-            grad_w = pattern.gather_tokens(values.float(), grad).to(W_dec.dtype)
-        return grad_values, None, grad_w
+            sums = pattern.gather_tokens(values.to(ctx.sum_dtype), grad.to(ctx.sum_dtype))
+            grad_w = sums.to(W_dec.dtype)
+        return grad_values, None, grad_w, None
 
 
 def gathered_pre_acts(values: Tensor, pattern: SparsePattern, x: Tensor, W_enc: Tensor,
-                      b_enc: Tensor, b_dec: Tensor | None) -> Tensor:
+                      b_enc: Tensor, b_dec: Tensor | None,
+                      sum_dtype: torch.dtype | None = None) -> Tensor:
     """Differentiable pre-activations ``(x - b_dec) @ W_enc + b_enc`` at `pattern`.
 
     `values` are those pre-activations already computed (by `select_topk`, without autograd);
     gradients reach `x`, `W_enc`, `b_enc` and `b_dec` as if they were computed densely.
+    `sum_dtype` is the dtype of the ``W_enc`` gradient's sums (default float32); see
+    `sparse_training_forward`.
     """
-    return _GatheredPreActs.apply(values, pattern, x, W_enc, b_enc, b_dec)
+    return _GatheredPreActs.apply(values, pattern, x, W_enc, b_enc, b_dec,
+                                  sum_dtype or torch.float32)
 
 
-def sparse_decode(values: Tensor, pattern: SparsePattern, W_dec: Tensor) -> Tensor:
-    """``codes @ W_dec`` (no bias) where the codes are `values` ``(B, k)`` at `pattern`."""
-    return _SparseDecode.apply(values, pattern, W_dec)
+def sparse_decode(values: Tensor, pattern: SparsePattern, W_dec: Tensor,
+                  sum_dtype: torch.dtype | None = None) -> Tensor:
+    """``codes @ W_dec`` (no bias) where the codes are `values` ``(B, k)`` at `pattern`;
+    `sum_dtype` is the dtype of the ``W_dec`` gradient's sums (default float32)."""
+    return _SparseDecode.apply(values, pattern, W_dec, sum_dtype or torch.float32)
 
 
 @dataclass
@@ -374,6 +385,11 @@ def sparse_training_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tens
     (BatchTopK: the ``k * B`` largest ReLU'd pre-activations of the batch). Equal, up to float
     rounding and ties, to selecting on the dense pre-activation matrix and decoding the dense
     codes with autograd through everything.
+
+    With `matmul_dtype` (autocast's bfloat16) the two weight-gradient sums (``X^T G`` for the
+    encoder, ``codes^T G`` for the decoder) also run in it, with float32 accumulation inside
+    `embedding_bag` and a bfloat16 result: what autocast's dense GEMMs would give for the same
+    products, at half the memory traffic. The forward values and the decode stay float32.
     """
     if x.ndim != 2:
         raise ValueError(f"the kernel takes a (batch, d_in) matrix, got shape {tuple(x.shape)}")
@@ -394,9 +410,10 @@ def sparse_training_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tens
                 values = values.gather(1, order)
             pattern = SparsePattern.from_rows(indices, n)
             values = values.reshape(-1)
-        pre = gathered_pre_acts(values.to(W_enc.dtype), pattern, x, W_enc, b_enc, centre)
+        pre = gathered_pre_acts(values.to(W_enc.dtype), pattern, x, W_enc, b_enc, centre,
+                                matmul_dtype)
         codes = pre if selection == "magnitude" else torch.relu(pre)
-        recon = sparse_decode(codes, pattern, W_dec) + b_dec
+        recon = sparse_decode(codes, pattern, W_dec, matmul_dtype) + b_dec
     return SparseForward(pre=pre, codes=codes, pattern=pattern, recon=recon)
 
 
