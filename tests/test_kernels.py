@@ -3,9 +3,10 @@
 Tolerances (relative Frobenius error ``|a - b| / |b|``):
 - float32 path: loss, reconstruction and the gradients of W_enc, b_enc, W_dec, b_dec within
   1e-5 of the dense reference; the selected latents are identical.
-- bfloat16 encoder GEMM and weight-gradient sums (under ``torch.autocast``): the selection is a valid top-k of the exact
-  pre-activations up to bf16 rounding; with the same selection, values and gradients are within
-  2e-2 of the float32 dense reference (bf16 keeps 8 significant bits: 2^-8 = 0.4% per value).
+- bfloat16 encoder GEMM and weight-gradient sums (under ``torch.autocast``): the selection is
+  a valid top-k of the exact pre-activations up to bf16 rounding; with the same selection,
+  values and gradients are within 2e-2 of the float32 dense reference (bf16 keeps 8 significant
+  bits: 2^-8 = 0.4% per value).
 """
 
 from __future__ import annotations
