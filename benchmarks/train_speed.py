@@ -251,7 +251,9 @@ def variant_specs(base: dict[str, Any], modes: list[str]) -> list[dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few steps")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per run")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per run (default 64: 270k tokens, enough for the "
+                             "held-out FVU to separate the toolkits)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated tools")
     parser.add_argument("--modes", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
@@ -271,7 +273,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    steps = args.steps or (3 if args.quick else 48)
+    steps = args.steps or (3 if args.quick else 64)
     heldout = args.heldout_tokens or (1024 if args.quick else 16384)
     wanted = (args.configs or ("d576" if args.quick else "d576,d640")).split(",")
     shapes = {name: c for name, c in configs(args.quick).items() if name in wanted}

@@ -159,7 +159,10 @@ def test_windows_hold_the_feature_on_neighbouring_tokens():
             lo, hi = max(0, p - before), min(x.shape[1], p + after + 1)
             want[lo - (p - before):hi - (p - before)] = codes[s, lo:hi, f]
             torch.testing.assert_close(part.windows[f, j], want)
-        assert torch.equal(part.windows[..., before][part.valid], part.activations[part.valid])
+        # the windows come from other batches than the top activations: a BLAS may round the
+        # same row differently in a GEMM of another height (seen with MKL on AMD EPYC)
+        torch.testing.assert_close(part.windows[..., before][part.valid],
+                                   part.activations[part.valid])
 
 
 def test_memory_does_not_grow_with_the_data():
