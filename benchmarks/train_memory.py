@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_speed import run_isolated  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -94,12 +96,7 @@ def synthetic_cache(tokens: int) -> Path:
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                          capture_output=True, text=True)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        return {**spec, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-    return {**spec, **json.loads(lines[-1])}
+    return run_isolated(spec, script=__file__)
 
 
 def main() -> None:

@@ -159,9 +159,10 @@ def heldout_fvu(runner, spec: dict[str, Any]) -> float:
     return err / total
 
 
-def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run `worker(spec)` in a fresh interpreter; failures become an "error" entry."""
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+def run_isolated(spec: dict[str, Any], script: str = __file__) -> dict[str, Any]:
+    """Run ``script --worker SPEC`` (its `worker(spec)`) in a fresh interpreter, so its peak
+    RSS is its own; its last stdout line is the JSON result; failures become an "error" entry."""
+    proc = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)],
                           capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
