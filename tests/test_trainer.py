@@ -153,6 +153,33 @@ def test_auxk_revives_dead_latents() -> None:
     assert dead_fraction[1 / 32] < 0.5 * dead_fraction[0.0]
 
 
+def test_max_norm_ratio_leaves_massive_tokens_out_of_training() -> None:
+    """Every 32nd token gets 40 times its norm (as an LM's massive activations); with
+    max_norm_ratio=5 the dictionary never trains on them, yet the budget counts rows read."""
+    def with_massive_tokens(skip_batches: int) -> Iterator[ActivationBatch]:
+        for batch in synthetic_data(offset=0.3)(skip_batches):
+            batch.acts["h"][::32] *= 40.0
+            yield batch
+
+    seen: list[tuple[int, float]] = []
+    for ratio in (None, 5.0):
+        trainer = Trainer(config(steps=6, max_norm_ratio=ratio), with_massive_tokens)
+        def spy(x, *args, train_on=trainer.dictionary.training_loss, **kwargs):
+            seen.append((x.shape[0], float(x.norm(dim=-1).max() / D_IN ** 0.5)))
+            return train_on(x, *args, **kwargs)
+
+        trainer.dictionary.training_loss = spy
+        trainer.fit()
+        assert trainer.progress.tokens_seen == 6 * BATCH
+    unfiltered, filtered = seen[:6], seen[6:]
+    assert all(rows == BATCH and peak > 5 for rows, peak in unfiltered)
+    assert all(rows == BATCH - BATCH // 32 and peak <= 5 for rows, peak in filtered)
+    with pytest.raises(ValueError, match="max_norm_ratio"):
+        config(max_norm_ratio=0.5)
+    with pytest.raises(ValueError, match="normalize_input"):
+        config(max_norm_ratio=5.0, normalize_input=False)
+
+
 # ---- exact resume and checkpoints ----
 
 

@@ -122,6 +122,12 @@ class TrainConfig:
     """A latent is dead after this many tokens without firing; None: min(10M, n_tokens / 10)."""
     normalize_input: bool = True
     """Scale activations so that their mean norm is sqrt(width), estimated on a sample."""
+    max_norm_ratio: float | None = None
+    """Train without the tokens whose normalised input norm exceeds this many times the mean
+    norm sqrt(width) (5 to 10 is typical). Many LMs put "massive activations" on a few tokens
+    per thousand (gemma-3-270m resid.6: 12.5 times the mean), and under a batch-level
+    selection (BatchTopK, Matryoshka) or a threshold (JumpReLU) each such token takes
+    thousands of latents. None trains on every token. Needs normalize_input."""
     init_tokens: int = 16384
     """Tokens sampled (from the start of the data) for normalisation and data-dependent init."""
     seed: int = 0
@@ -151,6 +157,11 @@ class TrainConfig:
                              f"got {self.autocast!r}")
         if self.dead_tokens is not None and self.dead_tokens <= 0:
             raise ValueError(f"dead_tokens must be positive or None, got {self.dead_tokens}")
+        if self.max_norm_ratio is not None and not (self.max_norm_ratio > 1
+                                                    and self.normalize_input):
+            raise ValueError(f"max_norm_ratio must be > 1 and needs normalize_input (it is a "
+                             f"multiple of the normalised mean norm), got {self.max_norm_ratio}"
+                             f" with normalize_input={self.normalize_input}")
         if self.n_tokens < self.batch_size:
             raise ValueError(f"n_tokens ({self.n_tokens}) is smaller than one batch "
                              f"({self.batch_size}); raise n_tokens or lower batch_size")

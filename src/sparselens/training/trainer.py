@@ -197,6 +197,8 @@ class Trainer:
     def train_step(self, batch: ActivationBatch) -> None:
         """One optimizer step on one batch; metrics stay on the device."""
         x, target = self._inputs(batch)
+        rows = x.shape[0]  # rows read; the same on every rank, whatever the filter leaves
+        x, target = self._without_outliers(x, target)
         ctx = StepContext(step=self.progress.step, total_steps=self.cfg.total_steps,
                           dead_mask=self.dead.dead_mask())
         self._set_lr()
@@ -210,9 +212,9 @@ class Trainer:
         self.optimizer.step()
         self.dictionary.after_optimizer_step(ctx)
         dp.broadcast_state(self.dictionary, include_parameters=False)
-        self._record(out, x if target is None else target, ctx, grad_norm)
+        self._record(out, x if target is None else target, rows, ctx, grad_norm)
         self.progress.step += 1
-        self.progress.tokens_seen += dp.global_rows(x.shape[0])
+        self.progress.tokens_seen += dp.global_rows(rows)
 
     def _inputs(self, batch: ActivationBatch) -> tuple[Tensor, Tensor | None]:
         """Scaled input (and transcoder target) on the training device and dtype."""
@@ -224,6 +226,18 @@ class Trainer:
             return x, None
         y = batch.acts[self.sites.target].to(self.device, dtype, non_blocking=True)
         return x, y * self.dictionary.cfg.output_scale
+
+    def _without_outliers(self, x: Tensor, target: Tensor | None
+                          ) -> tuple[Tensor, Tensor | None]:
+        """Drop the rows whose norm exceeds ``max_norm_ratio * sqrt(width)`` (inputs are
+        normalised to mean norm sqrt(width)); every row when none is left."""
+        ratio = self.cfg.max_norm_ratio
+        if ratio is None:
+            return x, target
+        keep = torch.linalg.vector_norm(x.float(), dim=-1) <= ratio * x.shape[-1] ** 0.5
+        if bool(keep.all()) or not bool(keep.any()):
+            return x, target
+        return x[keep], None if target is None else target[keep]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.autocast is None:
@@ -243,10 +257,10 @@ class Trainer:
         return torch.nn.utils.clip_grad_norm_(self.dictionary.parameters(), clip)
 
     @torch.no_grad()
-    def _record(self, out: LossOutput, target: Tensor, ctx: StepContext,
+    def _record(self, out: LossOutput, target: Tensor, rows: int, ctx: StepContext,
                 grad_norm: Tensor | None) -> None:
         fired, l0 = _activity(out, self.cfg.n_latents)
-        self.dead.update(dp.fired_on_any_rank(fired), dp.global_rows(target.shape[0]))
+        self.dead.update(dp.fired_on_any_rank(fired), dp.global_rows(rows))
         recon = out.recon.detach()
         variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-30)
         metrics = {"loss": out.loss, **out.terms,
