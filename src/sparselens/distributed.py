@@ -56,7 +56,10 @@ def init_distributed(device: str | torch.device = "cpu") -> bool:
 
 
 def shutdown_distributed() -> None:
+    """Leave the group once every rank is here: a rank that tears down its gloo connections
+    while another still talks to it can make the other abort (seen as SIGABRT in tests)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -66,9 +69,12 @@ def distributed_session(device: str | torch.device = "cpu") -> Iterator[None]:
     created = init_distributed(device)
     try:
         yield
-    finally:
-        if created:
-            shutdown_distributed()
+    except BaseException:
+        if created:  # no barrier: the other ranks may be anywhere, and torchrun stops them
+            dist.destroy_process_group()
+        raise
+    if created:
+        shutdown_distributed()
 
 
 def rank() -> int:
