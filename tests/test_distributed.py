@@ -17,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import free_port, join_as_rank
+from sparselens import distributed as group
 from sparselens.data.batch import ActivationBatch
 from sparselens.training import CheckpointConfig, LogConfig, OptimConfig, TrainConfig, Trainer
 from sparselens.training import distributed as dp
@@ -63,7 +64,7 @@ def final_state(trainer: Trainer) -> dict[str, torch.Tensor]:
 def worker(rank: int, port: int, tmp: Path) -> None:
     """One rank: a full run, then a resume from its step-2 checkpoint into another folder."""
     join_as_rank(rank, WORLD, port)
-    with dp.distributed_session("cpu"):
+    with group.distributed_session("cpu"):
         full = Trainer(config(), data, tmp / "dist")
         full.fit()
         torch.save(final_state(full), tmp / f"full_rank{rank}.pt")
@@ -133,7 +134,7 @@ def test_only_rank_zero_writes(runs: Path) -> None:
 def test_single_process_helpers_are_identity() -> None:
     batches = data(0)
     assert dp.shard_batches(batches) is batches
-    assert dp.world_size() == 1 and dp.rank() == 0 and dp.is_main_process()
+    assert group.world_size() == 1 and group.rank() == 0 and group.is_main_process()
     assert dp.global_rows(7) == 7
     dp.require_even_split(7)
     fired = torch.tensor([True, False])
@@ -156,14 +157,14 @@ def test_uneven_batch_is_refused() -> None:
 
 def test_torchrun_environment_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert dp.init_distributed("cpu") is False  # not launched by torchrun: nothing to join
+    assert group.init_distributed("cpu") is False  # not launched by torchrun: nothing to join
     monkeypatch.setenv("WORLD_SIZE", "2")
     for name in ("RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match="torchrun"):
-        dp.init_distributed("cpu")
+        group.init_distributed("cpu")
 
 
 def test_backend_follows_the_device() -> None:
-    assert dp.backend_for("cpu") == "gloo"
-    assert dp.backend_for("cuda:1") == "nccl"
+    assert group.backend_for("cpu") == "gloo"
+    assert group.backend_for("cuda:1") == "nccl"

@@ -27,16 +27,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from sparselens.data.batch import ActivationBatch
-from sparselens.distributed import (  # noqa: F401  (re-exported: the trainer's one import)
-    backend_for,
+
+# barrier, is_main_process and local_device are re-exported: the trainer reaches everything
+# distributed through this one module.
+from sparselens.distributed import (  # noqa: F401
     barrier,
     broadcast_object,
-    distributed_session,
-    init_distributed,
     is_main_process,
     local_device,
     rank,
-    shutdown_distributed,
     world_size,
 )
 

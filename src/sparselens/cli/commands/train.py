@@ -47,7 +47,7 @@ def cache_data(cache: ActivationCache, cfg: TrainConfig) -> DataFactory:
 
 def run(cfg: Config) -> int:
     """Train in this process, or as one rank of a data-parallel `torchrun` job."""
-    from sparselens.training.distributed import distributed_session
+    from sparselens.distributed import distributed_session
 
     with distributed_session(cfg.device):
         return _train(cfg)
@@ -55,8 +55,8 @@ def run(cfg: Config) -> int:
 
 def _train(cfg: Config) -> int:
     from sparselens.data.cache import ActivationCache
+    from sparselens.distributed import is_main_process
     from sparselens.training.checkpoint import find_checkpoint, saved_train_config
-    from sparselens.training.distributed import is_main_process
     from sparselens.training.trainer import Trainer
 
     if not cfg.cache:
