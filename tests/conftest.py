@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,6 +122,11 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of `folder` by name, for byte-for-byte comparisons of two caches."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def free_port() -> int:

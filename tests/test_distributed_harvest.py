@@ -14,7 +14,7 @@ from unittest.mock import patch
 import pytest
 import torch.multiprocessing as mp
 
-from conftest import free_port, join_as_rank, make_tiny_llama, random_chunks
+from conftest import folder_bytes, free_port, join_as_rank, make_tiny_llama, random_chunks
 from sparselens.data.cache import ActivationCache
 from sparselens.data.harvest import HarvestConfig, harvest
 from sparselens.data.taps import read_chunks
@@ -56,14 +56,10 @@ def folders(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
     return tmp
 
 
-def files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
 def test_two_ranks_write_the_single_process_cache(folders: Path) -> None:
     one = ActivationCache.open(folders / "one")
     assert len(one.manifest["shards"]) == 3 and one.n_tokens == CHUNKS * 15
-    assert files(folders / "two") == files(folders / "one")
+    assert folder_bytes(folders / "two") == folder_bytes(folders / "one")
     by_rank = [json.loads((folders / f"forwarded_by_rank{r}.json").read_text())
                for r in range(WORLD)]
     assert by_rank[0] == list(range(0, 8)) + list(range(16, 20))  # shards 0 and 2
@@ -71,11 +67,11 @@ def test_two_ranks_write_the_single_process_cache(folders: Path) -> None:
 
 
 def test_interrupted_distributed_harvest_resumes_exactly(folders: Path) -> None:
-    assert files(folders / "resumed") == files(folders / "one")
+    assert folder_bytes(folders / "resumed") == folder_bytes(folders / "one")
 
 
 def test_a_single_process_finishes_what_two_ranks_started(folders: Path) -> None:
     partial = ActivationCache.open(folders / "handed_over", allow_incomplete=True)
     assert len(partial.manifest["shards"]) == 2 and not partial.manifest["complete"]
     run(folders / "handed_over")
-    assert files(folders / "handed_over") == files(folders / "one")
+    assert folder_bytes(folders / "handed_over") == folder_bytes(folders / "one")

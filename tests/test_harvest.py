@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import folder_bytes
 from sparselens.data.cache import ActivationCache
 from sparselens.data.harvest import HarvestConfig, harvest
 from sparselens.data.stream import stream_batches
@@ -23,10 +22,6 @@ def _rows_by_token(batches) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
             assert (seq, pos) not in out, "a row was yielded twice"
             out[seq, pos] = {name: act[i] for name, act in batch.acts.items()}
     return out
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def test_stored_rows_equal_plain_forward(tiny_llama, tmp_path, make_chunks):
@@ -84,7 +79,7 @@ def test_resume_gives_byte_identical_cache(tiny_llama, tmp_path, make_chunks):
     (resumed / ".shard-00009.safetensors.abc.tmp").write_bytes(b"left by a killed run")
     (resumed / "shard-00009.safetensors").write_bytes(b"written but never listed")
     harvest(tiny_llama, chunks, ["resid.0", "mlp_in.2"], resumed, FP32)
-    assert _files(resumed) == _files(straight)
+    assert folder_bytes(resumed) == folder_bytes(straight)
 
 
 def test_resume_refuses_a_different_harvest(tiny_llama, tmp_path, make_chunks):
