@@ -235,7 +235,7 @@ class Trainer:
         if ratio is None:
             return x, target
         keep = torch.linalg.vector_norm(x.float(), dim=-1) <= ratio * x.shape[-1] ** 0.5
-        if bool(keep.all()) or not bool(keep.any()):
+        if int(keep.sum()) in (0, len(keep)):  # one host sync
             return x, target
         return x[keep], None if target is None else target[keep]
 
