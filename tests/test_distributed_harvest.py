@@ -75,3 +75,16 @@ def test_a_single_process_finishes_what_two_ranks_started(folders: Path) -> None
     assert len(partial.manifest["shards"]) == 2 and not partial.manifest["complete"]
     run(folders / "handed_over")
     assert folder_bytes(folders / "handed_over") == folder_bytes(folders / "one")
+
+
+def test_a_folder_rank_zero_cannot_see_is_refused(tmp_path: Path) -> None:
+    from sparselens.data.harvest import _check_visible
+    from sparselens.data.shards import ShardRecord
+
+    (tmp_path / "shard-00000.safetensors").write_bytes(b"written by rank 0")
+    records = [ShardRecord(file=f"shard-0000{i}.safetensors", sha256="0" * 64, bytes=1,
+                           n_rows=1, n_train_rows=1, first_sequence=i, n_sequences=1)
+               for i in range(2)]
+    _check_visible(tmp_path, records[:1])
+    with pytest.raises(ValueError, match="shard-00001.*filesystem every rank sees"):
+        _check_visible(tmp_path, records)

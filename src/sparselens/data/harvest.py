@@ -155,6 +155,8 @@ def _harvest_round(out: Path, taps: list[Tap], round_: list[ShardPlan],
         mine = _write_shard(out / f"shard-{first_index + me:05d}.safetensors",
                             _read_plan(taps, round_[me], bar), round_[me], cfg)
     finished = dist.all_gather_object(mine)[:len(round_)]
+    if dist.is_main_process():
+        _check_visible(out, [record for record, _ in finished])
     for rank, (record, widths) in enumerate(finished):
         manifest = add_shard(manifest, record)
         manifest["hookpoints"] = [{**h, "width": widths[h["name"]]}
@@ -165,6 +167,16 @@ def _harvest_round(out: Path, taps: list[Tap], round_: list[ShardPlan],
         write_manifest(out, manifest)
     dist.barrier()  # nobody starts the next round (or returns) before the manifest lists this one
     return manifest
+
+
+def _check_visible(out: Path, records: list[ShardRecord]) -> None:
+    """Rank 0 lists shards other ranks wrote: each must be in its view of the folder."""
+    missing = [record.file for record in records if not (out / record.file).is_file()]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} written by other ranks are not in {out} as "
+                         "rank 0 sees it: the output folder of a distributed harvest must be on "
+                         "a filesystem every rank sees (a shared mount, the same path on every "
+                         "node); rerun with --out on such a filesystem")
 
 
 def _header(taps: list[Tap], cfg: HarvestConfig, context_len: int,
