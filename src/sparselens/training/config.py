@@ -127,7 +127,8 @@ class TrainConfig:
     norm sqrt(width) (5 to 10 is typical). Many LMs put "massive activations" on a few tokens
     per thousand (gemma-3-270m resid.6: 12.5 times the mean), and under a batch-level
     selection (BatchTopK, Matryoshka) or a threshold (JumpReLU) each such token takes
-    thousands of latents. None trains on every token. Needs normalize_input."""
+    thousands of latents. A batch it would empty trains whole. None trains on every token.
+    Needs normalize_input."""
     init_tokens: int = 16384
     """Tokens sampled (from the start of the data) for normalisation and data-dependent init."""
     seed: int = 0
