@@ -17,13 +17,29 @@ import pytest
 import torch
 from torch import Tensor
 
-from sparselens.dictionaries import AbsTopKSAE, BatchTopKSAE, StepContext, TopKSAE, build, kernels
+from sparselens.dictionaries import (
+    AbsTopKSAE,
+    BatchTopKSAE,
+    StepContext,
+    TopKSAE,
+    build,
+    kernels,
+    native_topk,
+)
 from sparselens.dictionaries.batchtopk import batch_topk
 from sparselens.dictionaries.matryoshka import MatryoshkaSAE
 
 FP32_TOL = 1e-5
 BF16_TOL = 2e-2
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def topk_path(request, monkeypatch) -> str:
+    """Every test runs with the compiled top-k (where it builds) and with the torch one."""
+    if request.param == "torch":
+        monkeypatch.setenv(native_topk.ENV_SWITCH, "0")
+    return request.param
 
 
 def rel_err(a: Tensor, b: Tensor) -> float:

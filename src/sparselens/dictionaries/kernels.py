@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparselens.dictionaries import native_topk
 from sparselens.dictionaries.base import LossOutput
 
 MIN_GROUPED = 8
@@ -99,15 +100,20 @@ def select_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k
     centred, weight, bias = centred.to(dtype), W_enc.to(dtype), b_enc.to(dtype)
     rows = x.shape[0]
     tile = torch.empty(min(tile_rows, rows), W_enc.shape[1], dtype=dtype, device=x.device)
+    native = native_topk.supports(tile, k) and native_topk.load() is not None
     values, indices = [], []
     for start in range(0, rows, tile.shape[0]):
         part = centred[start:start + tile.shape[0]]
-        pre = torch.addmm(bias, part, weight, out=tile[:part.shape[0]])
-        if by_magnitude:
+        out = tile[:part.shape[0]]
+        if native:  # the compiled kernel adds the bias itself, in float32
+            top_values, top_indices = native_topk.row_topk(  # type: ignore[misc]
+                torch.mm(part, weight, out=out), b_enc, k, by_magnitude)
+        elif by_magnitude:
+            pre = torch.addmm(bias, part, weight, out=out)
             top_indices = grouped_topk(pre.abs(), k)[1]
             top_values = pre.gather(1, top_indices)
         else:
-            top_values, top_indices = grouped_topk(pre, k)
+            top_values, top_indices = grouped_topk(torch.addmm(bias, part, weight, out=out), k)
         values.append(top_values.float())
         indices.append(top_indices)
     return torch.cat(values), torch.cat(indices)
