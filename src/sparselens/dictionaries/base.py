@@ -26,6 +26,9 @@ from torch import Tensor, nn
 
 from sparselens.dictionaries.losses import squared_error
 
+PROJECTION_ROWS = 512
+"""Decoder rows projected at a time: both passes over a block run while it is in cache."""
+
 REGISTRY: dict[str, type[Dictionary]] = {}
 
 
@@ -270,7 +273,9 @@ class Dictionary(nn.Module):
         if not self.cfg.unit_norm_decoder or self.W_dec.grad is None:
             return
         w, g = self.W_dec, self.W_dec.grad
-        g.addcmul_(torch.linalg.vecdot(g, w).unsqueeze(-1), w, value=-1)
+        for start in range(0, w.shape[0], PROJECTION_ROWS):
+            rows, grads = w[start:start + PROJECTION_ROWS], g[start:start + PROJECTION_ROWS]
+            grads.addcmul_(torch.linalg.vecdot(grads, rows).unsqueeze(-1), rows, value=-1)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
