@@ -97,7 +97,8 @@ def batches(spec: dict[str, Any], split: str, epochs: int | None = None):
     from sparselens.data.cache import ActivationCache
 
     cache = ActivationCache.open(spec["cache"])
-    for batch in cache.batches(spec["batch"], split=split, seed=0, drop_last=split == "train",
+    seed = spec.get("seed", 0) if split == "train" else 0  # held-out tokens: always the same
+    for batch in cache.batches(spec["batch"], split=split, seed=seed, drop_last=split == "train",
                                epochs=epochs):
         yield transform(next(iter(batch.acts.values())), spec)
 
@@ -118,7 +119,7 @@ def memory_mb(field: str) -> float:
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Train `spec["steps"]` timed steps (after warm-up steps), then evaluate held-out FVU."""
-    torch.manual_seed(0)
+    torch.manual_seed(spec.get("seed", 0))
     stream = batches(spec, "train")
     x = next(stream)
     runner = TOOLS[spec["tool"]][1](spec, x)
@@ -268,6 +269,10 @@ def main() -> None:
                         help="a latent unfired for this many tokens is dead and AuxK trains it "
                              "(default: sparsify's 10M, so no latent dies in a short run, as "
                              "early in a real one; a tenth of the timed tokens times AuxK too)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every toolkit's initialisation and of the order of the "
+                             "training tokens (the held-out tokens stay the same); repeat with "
+                             "a few seeds to see how much of an FVU gap is noise")
     parser.add_argument("--out", type=Path, default=RESULTS / "train_speed.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -294,7 +299,7 @@ def main() -> None:
         "warmup": args.warmup, "configs": {}}
     for name, shape in shapes.items():
         base = {**shape, "cache": str(cache), "steps": steps, "warmup": args.warmup,
-                "heldout_tokens": heldout, "dead_tokens": args.dead_tokens}
+                "heldout_tokens": heldout, "dead_tokens": args.dead_tokens, "seed": args.seed}
         base["scale"] = input_scale(base)
         bound = gemm_bound(shape["batch"], shape["d"], shape["n_latents"])
         rows = []
