@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparselens.dictionaries import kernels
+from sparselens.dictionaries import kernels, native_topk
 
 Choice = dict[str, Callable[[], object]]
 
@@ -39,6 +40,17 @@ def random_problem(tokens: int, d: int, n: int, k: int, seed: int = 0) -> dict[s
             "indices": indices, "grad_out": torch.randn(tokens, d, generator=gen)}
 
 
+def torch_path(fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` with the compiled top-k switched off (select_topk then uses `grouped_topk`)."""
+    def run() -> object:
+        os.environ[native_topk.ENV_SWITCH] = "0"
+        try:
+            return fn()
+        finally:
+            del os.environ[native_topk.ENV_SWITCH]
+    return run
+
+
 def selection(p: dict[str, Tensor], k: int) -> Choice:
     x, W, b = p["x"], p["W_enc"], p["b_enc"]
     xb, Wb, bb = x.bfloat16(), W.bfloat16(), b.bfloat16()
@@ -47,20 +59,27 @@ def selection(p: dict[str, Tensor], k: int) -> Choice:
         "dense addmm + topk, bf16": lambda: torch.addmm(bb, xb, Wb).topk(k, -1, sorted=False),
         "dense addmm + grouped topk, bf16": lambda: kernels.grouped_topk(
             torch.addmm(bb, xb, Wb), k),
-        "tiled 256 + grouped, bf16": lambda: kernels.select_topk(
-            x, W, b, None, k, torch.bfloat16, tile_rows=256),
-        "tiled 512 + grouped, bf16": lambda: kernels.select_topk(
-            x, W, b, None, k, torch.bfloat16, tile_rows=512),
-        "tiled 1024 + grouped, bf16": lambda: kernels.select_topk(
-            x, W, b, None, k, torch.bfloat16, tile_rows=1024),
-        "tiled 512 + grouped, fp32": lambda: kernels.select_topk(x, W, b, None, k, None),
+        "tiled 256 + grouped, bf16": torch_path(lambda: kernels.select_topk(
+            x, W, b, None, k, torch.bfloat16, tile_rows=256)),
+        "tiled 512 + grouped, bf16": torch_path(lambda: kernels.select_topk(
+            x, W, b, None, k, torch.bfloat16, tile_rows=512)),
+        "tiled 1024 + grouped, bf16": torch_path(lambda: kernels.select_topk(
+            x, W, b, None, k, torch.bfloat16, tile_rows=1024)),
+        "tiled 1024 + grouped, fp32": torch_path(lambda: kernels.select_topk(
+            x, W, b, None, k, None)),
+        "tiled 1024 + compiled top-k, bf16": lambda: kernels.select_topk(
+            x, W, b, None, k, torch.bfloat16),
+        "tiled 1024 + compiled top-k, fp32": lambda: kernels.select_topk(x, W, b, None, k, None),
     }
 
 
 def group_sizes(p: dict[str, Tensor], k: int) -> Choice:
     pre = torch.addmm(p["b_enc"], p["x"], p["W_enc"]).bfloat16()
+    zero_bias = torch.zeros(pre.shape[1])
     return {f"grouped_topk group={s}": (lambda s=s: kernels.grouped_topk(pre, k, s))
-            for s in (8, 16, 32, 64)} | {"torch.topk": lambda: pre.topk(k, -1, sorted=False)}
+            for s in (8, 16, 32, 64)} | {
+        "torch.topk": lambda: pre.topk(k, -1, sorted=False),
+        "compiled row_topk (native_topk.c)": lambda: native_topk.row_topk(pre, zero_bias, k)}
 
 
 def decode(p: dict[str, Tensor], k: int) -> Choice:
@@ -144,7 +163,7 @@ def optimizer(p: dict[str, Tensor], k: int) -> Choice:
 
 GROUPS: dict[str, Callable[[dict[str, Tensor], int], Choice]] = {
     "top-k selection (incl. encoder GEMM)": selection,
-    "group size of grouped_topk (bf16 pre-activations)": group_sizes,
+    "top-k of bf16 pre-activations (grouped_topk group sizes, torch.topk, compiled)": group_sizes,
     "decode": decode,
     "gradient of the code values": code_gradient,
     "sparse weight gradient (n x d)": weight_gradient,
