@@ -114,9 +114,10 @@ def load() -> ctypes.CDLL | None:
 
 
 def supports(pre: Tensor, k: int) -> bool:
-    """Whether `row_topk` takes this tile (CPU, bf16/fp32, rows contiguous, k well below n)."""
+    """Whether `row_topk` takes this tile (CPU, bf16/fp32, rows contiguous, k at most n / 4;
+    the C code keeps entry ids in int32)."""
     return (pre.device.type == "cpu" and pre.dtype in _DTYPES and pre.ndim == 2
-            and pre.stride(1) == 1 and 0 < 4 * k <= pre.shape[1] and enabled())
+            and pre.stride(1) == 1 and 0 < 4 * k <= pre.shape[1] < 2**31 and enabled())
 
 
 def row_topk(pre: Tensor, bias: Tensor, k: int,
