@@ -102,10 +102,29 @@ def _stage(index: int, name: str, where: Path) -> None:
 
 
 def _summary(eval_path: Path, report: Path) -> None:
+    """One line of results. Two dead fractions, since they answer different questions: latents
+    the trainer saw unfired for its whole dead window (the last line of metrics.jsonl), and
+    latents unfired on the evaluation's held-out tokens (rare latents count there too)."""
     record = json.loads(eval_path.read_text())
     recon, spliced = record["reconstruction"], record.get("spliced") or {}
-    parts = [f"FVU {recon['fvu']:.3f}", f"L0 {recon['l0']:.1f}",
-             f"dead {100 * recon['dead_fraction']:.1f}%"]
+    parts = [f"FVU {recon['fvu']:.3f}", f"L0 {recon['l0']:.1f}"]
+    training_dead = _last_dead_fraction(eval_path.parent / "metrics.jsonl")
+    held_out = (f"{100 * recon['dead_fraction']:.1f}% unfired on {recon['n_tokens']:,} "
+                "held-out tokens")
+    parts.append(held_out if training_dead is None
+                 else f"dead {100 * training_dead:.1f}% in training ({held_out})")
     if spliced:
         parts.append(f"loss recovered {spliced['loss_recovered']:.3f}")
     print(f"\n{' | '.join(parts)}\nreport: {(report / 'index.html').resolve()}")
+
+
+def _last_dead_fraction(metrics: Path) -> float | None:
+    """The trainer's dead fraction at its last logged step, if it logged one."""
+    if not metrics.exists():
+        return None
+    lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+    for line in reversed(lines):
+        value = json.loads(line).get("dead_fraction")
+        if value is not None:
+            return float(value)
+    return None
