@@ -7,8 +7,10 @@ Here only the encoder GEMM stays dense; everything after it touches ``batch x k`
 
 1. `select_topk`: the pre-activations are computed a tile of rows at a time into one reused
    buffer (it stays in cache, and no fresh 100 MB tensor is page-faulted in every step), and the
-   exact top-k of each row is found from group maxima (`grouped_topk`, applied recursively)
-   instead of a full ``topk`` over every latent. No autograd graph is recorded for this part.
+   exact top-k of each row is found from group maxima instead of a full ``topk`` over every
+   latent: on a CPU by the compiled kernel of `native_topk` (one pass, bias added as it reads),
+   elsewhere by `grouped_topk` (pure torch, applied recursively). No autograd graph is
+   recorded for this part.
 2. `SparsePattern`: the selected ``(token, latent)`` pairs in token order (for decoding) and in
    latent order (for the weight gradients), built once per step by one ``argsort``.
 3. `gathered_pre_acts`: an autograd function whose output is the selected pre-activations and
