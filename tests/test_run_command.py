@@ -1,9 +1,12 @@
-"""The one-line summary of `sparselens run`: both dead fractions, each said for what it is."""
+"""`sparselens run`: its one-line summary (both dead fractions, each said for what it is) and
+its early option checks."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from sparselens.cli.commands import run
 
@@ -33,3 +36,9 @@ def test_summary_without_a_training_log(tmp_path, capsys) -> None:
     run._summary(write_eval(tmp_path / "sae"), tmp_path / "report")
     out = capsys.readouterr().out
     assert "15.6% unfired on 27,681 held-out tokens" in out and "in training" not in out
+
+
+def test_a_bad_autocast_dtype_stops_before_harvesting(tmp_path) -> None:
+    with pytest.raises(ValueError, match="--autocast must be one of"):
+        run.run(run.Config(out=str(tmp_path / "out"), autocast="float64"))
+    assert not (tmp_path / "out").exists()
