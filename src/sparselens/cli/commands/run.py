@@ -63,27 +63,24 @@ def run(cfg: Config) -> int:
     from sparselens.cli.commands import harvest as harvest_cmd
     from sparselens.cli.commands import report as report_cmd
     from sparselens.cli.commands import train as train_cmd
-    from sparselens.training.config import AUTOCAST_DTYPES, LogConfig
-
-    if cfg.autocast is not None and cfg.autocast not in AUTOCAST_DTYPES:
-        # checked here, not minutes later when the training stage starts
-        raise ValueError(f"--autocast must be one of {', '.join(AUTOCAST_DTYPES)} (or left "
-                         f"unset for float32), got {cfg.autocast!r}")
+    from sparselens.training.config import LogConfig
 
     out = Path(cfg.out)
     cache, sae, report = out / "cache", out / "sae", out / "report"
+    # Built (and so validated) before the harvest, not minutes later when training starts.
+    dictionary_options = {"k": cfg.k} if "k" in _variant_fields(cfg.architecture) else {}
+    training = train_cmd.Config(
+        cache=str(cache), out=str(sae), resume=True, architecture=cfg.architecture,
+        n_latents=cfg.n_latents, dictionary=dictionary_options, n_tokens=cfg.train_tokens,
+        batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, autocast=cfg.autocast,
+        log=LogConfig(every_steps=10))
     _stage(1, "harvest", cache)
     harvest_cmd.run(harvest_cmd.Config(
         model=cfg.model, hookpoints=[cfg.hookpoint], out=str(cache), corpus=cfg.corpus,
         context_len=cfg.context_len, n_tokens=cfg.harvest_tokens, model_dtype=cfg.model_dtype,
         seed=cfg.seed, device=cfg.device))
     _stage(2, "train", sae)
-    dictionary_options = {"k": cfg.k} if "k" in _variant_fields(cfg.architecture) else {}
-    train_cmd.run(train_cmd.Config(
-        cache=str(cache), out=str(sae), resume=True, architecture=cfg.architecture,
-        n_latents=cfg.n_latents, dictionary=dictionary_options, n_tokens=cfg.train_tokens,
-        batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, autocast=cfg.autocast,
-        log=LogConfig(every_steps=10)))
+    train_cmd.run(training)
     _stage(3, "evaluate", sae / "eval.json")
     eval_cmd.run(eval_cmd.Config(checkpoint=str(sae), cache=str(cache),
                                  max_sequences=cfg.eval_sequences, device=cfg.device))
