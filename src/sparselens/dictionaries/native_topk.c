@@ -1,7 +1,7 @@
 /* Exact top-k of every row of a pre-activation tile, in about one pass over the row (CPU).
  *
  * sparselens compiles this file on first use (native_topk.py) and calls it with ctypes; no
- * torch headers, so it builds in about a second. A row of n entries is split into G = n / L
+ * torch headers, so it builds in well under a second. A row of n entries is split into G = n / L
  * strided groups of L entries (entry j in group j mod G, as `grouped_topk` does in torch; L
  * the power of two nearest sqrt(n / k), which balances steps 2 and 3):
  *

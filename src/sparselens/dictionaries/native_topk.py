@@ -106,8 +106,9 @@ def load() -> ctypes.CDLL | None:
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 warnings.warn(f"sparselens: the compiled top-k kernel is unavailable ({err}); "
-                              f"training uses the slower torch top-k. Set {ENV_SWITCH}=0 to "
-                              "silence this.", RuntimeWarning, stacklevel=3)
+                              "training uses the slower torch top-k. Install a C compiler "
+                              "with OpenMP (gcc) or point CC at one for the fast path, or set "
+                              f"{ENV_SWITCH}=0 to silence this.", RuntimeWarning, stacklevel=3)
                 lib = None
         _state["lib"] = lib
         return lib
@@ -143,5 +144,6 @@ def row_topk(pre: Tensor, bias: Tensor, k: int,
                                  pre.stride(0), bias.data_ptr(), k, int(by_magnitude),
                                  values.data_ptr(), indices.data_ptr(), torch.get_num_threads())
     if status != 0:
-        raise MemoryError(f"the compiled top-k could not allocate {n // 8} bytes of scratch")
+        raise MemoryError(f"the compiled top-k could not allocate its scratch memory (at most "
+                          f"{12 * n} bytes a thread); free memory or set {ENV_SWITCH}=0")
     return values, indices
