@@ -41,6 +41,7 @@ from sparselens.training.config import LogConfig, TrainConfig
 from sparselens.training.dead_latents import DeadLatentTracker
 from sparselens.training.device_batch import DeviceBatch
 from sparselens.training.metrics_log import MetricsLog, RunningMetrics, require_package
+from sparselens.training.precision import autocast_context, resolve_autocast
 from sparselens.training.preparation import (
     DataFactory,
     Sites,
@@ -51,7 +52,6 @@ from sparselens.training.preparation import (
     non_finite_loss_error,
     pick_sites,
 )
-from sparselens.training.precision import autocast_context, resolve_autocast
 from sparselens.training.schedules import lr_factor
 
 METRICS_FILE = "metrics.jsonl"
