@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer import config, synthetic_data
 
 from sparselens.training import LogConfig, Trainer, precision
 from sparselens.training.precision import fast_bfloat16, resolve_autocast
+from test_trainer import config, synthetic_data
 
 CPU = torch.device("cpu")
 
