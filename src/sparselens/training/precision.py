@@ -12,10 +12,13 @@ float32 elsewhere; ``autocast="float32"`` keeps everything in float32.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from pathlib import Path
 
 import torch
+
+from sparselens.training.config import TrainConfig
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 """/proc/cpuinfo flags of x86 CPUs with native bfloat16 dot products."""
@@ -62,6 +65,13 @@ def resolve_autocast(autocast: str, device: torch.device) -> tuple[str, str | No
                             "--autocast float32 trains in float32")
     return "float32", (f"training in float32 ({device.type} has no fast bfloat16 matrix unit); "
                        "--autocast bfloat16 forces bf16 autocast")
+
+
+def as_trained(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` as the trainer records it: "auto" autocast resolved for its device. Compare this,
+    not the options as given, with a saved run's config."""
+    autocast, _ = resolve_autocast(cfg.autocast, torch.device(cfg.device))
+    return dataclasses.replace(cfg, autocast=autocast)
 
 
 def autocast_context(autocast: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -127,6 +127,7 @@ def _train(cfg: Config, cache: ActivationCache, sources: list[str], key: str,
     from sparselens.io.native import CONFIG_FILE, load_dictionary
     from sparselens.training.checkpoint import find_checkpoint
     from sparselens.training.config import LogConfig, OptimConfig, TrainConfig
+    from sparselens.training.precision import as_trained
     from sparselens.training.trainer import Trainer
 
     n_train = cache.n_rows("train")
@@ -141,7 +142,8 @@ def _train(cfg: Config, cache: ActivationCache, sources: list[str], key: str,
     data = stacked_cache_data(cache, sources, cfg.batch_size, seed=cfg.seed)
     if (folder / CONFIG_FILE).exists():
         saved = read_json(folder / "train_config.json", "crosscoder training config")
-        if _without_log(saved) != _without_log(train.to_dict()):
+        if (_without_log(TrainConfig.from_dict(saved).to_dict())
+                != _without_log(as_trained(train).to_dict())):
             raise ValueError(f"{folder} holds a crosscoder trained with other options; use "
                              "the original options or another --out")
     else:

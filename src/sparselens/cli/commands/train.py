@@ -153,12 +153,9 @@ def _refuse_changed_options(now: TrainConfig, saved: dict) -> None:
     """A resumed run must be the run that was started (logging options may differ). Both
     sides are normalised: "auto" autocast as this machine resolves it, old spellings
     (autocast None) as today's."""
-    import torch
+    from sparselens.training.precision import as_trained
 
-    from sparselens.training.precision import resolve_autocast
-
-    autocast, _ = resolve_autocast(now.autocast, torch.device(now.device))
-    current = dataclasses.replace(now, autocast=autocast).to_dict()
+    current = as_trained(now).to_dict()
     before = TrainConfig.from_dict(saved).to_dict()
     changed = sorted(k for k in current if k != "log" and current[k] != before.get(k))
     if changed:
