@@ -12,7 +12,7 @@ import torch
 from sparselens.cli.main import main
 from sparselens.training import CheckpointConfig, LogConfig, OptimConfig, TrainConfig, Trainer
 from sparselens.training.sweep import expand_sweep, member_name
-from sparselens.training.together import fit_together
+from sparselens.training.together import NonFiniteLoss, fit_together
 from test_trainer import BATCH, Interrupted, config, interrupted_at, synthetic_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,6 +107,19 @@ def test_each_member_of_a_sweep_resumes_exactly(tmp_path: Path) -> None:
     fit_together(resumed)
     for i in range(3):
         assert_same_run(straight[i], resumed[i], tmp_path / "a" / str(i), tmp_path / "b" / str(i))
+
+
+def test_a_diverging_member_stops_alone(tmp_path: Path) -> None:
+    data = synthetic_data(offset=0.3)
+    cfgs = [config(steps=20, checkpoint=CheckpointConfig(every_steps=5)),
+            config(steps=20, optim=OptimConfig(lr=1e30, warmup=0.0),
+                   checkpoint=CheckpointConfig(every_steps=5))]
+    trainers = [Trainer(cfg, data, tmp_path / name) for cfg, name in zip(cfgs, ("ok", "bad"))]
+    with pytest.raises(NonFiniteLoss, match=r"bad: the loss became NaN/inf .*the other 1 finished"):
+        fit_together(trainers)
+    assert trainers[0].progress.step == 20 and (tmp_path / "ok" / "weights.safetensors").exists()
+    assert trainers[1].progress.step < 20
+    assert not (tmp_path / "bad" / "weights.safetensors").exists()
 
 
 def test_trainers_that_cannot_share_a_stream_are_refused(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sparselens.dictionaries.base import Dictionary
@@ -26,31 +26,49 @@ from sparselens.training import distributed as dp
 from sparselens.training.device_batch import DeviceBatch
 
 if TYPE_CHECKING:
+    from sparselens.training.metrics_log import MetricsLog
     from sparselens.training.trainer import Trainer
+
+
+class NonFiniteLoss(ValueError):
+    """The loss went NaN/inf; the message says whether the data or the training is to blame."""
 
 
 def fit_together(trainers: Sequence[Trainer], names: Sequence[str] | None = None
                  ) -> list[Dictionary]:
     """Train every trainer until its token budget is spent (or the data runs out) from one
     read of their shared data; save each and return the dictionaries. `names` label their
-    progress bars and messages (default: the output folders' names)."""
+    progress bars and messages (default: the output folders' names).
+
+    In a sweep, a trainer whose loss goes non-finite stops alone (its last checkpoint stays
+    its latest); the others finish and are saved, then `NonFiniteLoss` names the failures."""
     if not trainers:
         raise ValueError("fit_together needs at least one trainer")
     check_shared_stream(trainers)
     names = list(names) if names is not None else _default_names(trainers)
     logs = [t.open_log(name, position) for position, (t, name)
             in enumerate(zip(trainers, names))]
+    members = list(zip(trainers, names, logs))
     try:
-        _run(trainers, names, logs)
-        for trainer, log in zip(trainers, logs):
-            trainer.finish(log)
+        _run(members)
+        for trainer, name, log in members:
+            if trainer.failed is None:
+                _isolated(members, trainer, name, log, trainer.finish, log)
     finally:
         for log in logs:
             log.close()
+    failed = [(name, t.failed) for t, name, _ in members if t.failed is not None]
+    if failed:
+        raise NonFiniteLoss("; ".join(f"{name}: {err}" for name, err in failed)
+                            + f" (the other {len(trainers) - len(failed)} finished and were saved)")
     return [t.dictionary for t in trainers]
 
 
-def _run(trainers: Sequence[Trainer], names: list[str], logs: list) -> None:
+Member = tuple["Trainer", str, "MetricsLog"]
+
+
+def _run(members: list[Member]) -> None:
+    trainers = [t for t, _, _ in members]
     pending = [t for t in trainers if not t.done]
     if not pending:
         return
@@ -64,19 +82,31 @@ def _run(trainers: Sequence[Trainer], names: list[str], logs: list) -> None:
             return
         batch = next(batches, None)
         if batch is None:
-            _warn_ran_out(trainers, names)
+            _warn_ran_out(members)
             return
         shared = DeviceBatch(batch, first.device)
-        for trainer, log in zip(trainers, logs):
+        for trainer, name, log in members:
             # a trainer resumed from a later checkpoint waits for its own data position
             if not trainer.done and trainer.progress.step == position:
-                trainer.step(shared, log)
+                _isolated(members, trainer, name, log, trainer.step, shared, log)
 
 
-def _warn_ran_out(trainers: Sequence[Trainer], names: list[str]) -> None:
-    for trainer, name in zip(trainers, names):
+def _isolated(members: list[Member], trainer: Trainer, name: str, log: MetricsLog,
+              action: Callable[..., None], *args: object) -> None:
+    """Run `action`; in a sweep a non-finite loss stops this trainer only."""
+    try:
+        action(*args)
+    except NonFiniteLoss as err:
+        if len(members) == 1:
+            raise
+        trainer.failed = err
+        log.message(f"{name} stopped: {err}")
+
+
+def _warn_ran_out(members: list[Member]) -> None:
+    for trainer, name, _ in members:
         if not trainer.done:
-            who = "" if len(trainers) == 1 else f" ({name})"
+            who = "" if len(members) == 1 else f" ({name})"
             warnings.warn(f"the training data ran out after {trainer.progress.tokens_seen} of "
                           f"{trainer.cfg.n_tokens} tokens; stopping early{who}", stacklevel=4)
 

@@ -53,6 +53,7 @@ from sparselens.training.preparation import (
     pick_sites,
 )
 from sparselens.training.schedules import lr_factor
+from sparselens.training.together import NonFiniteLoss, fit_together
 
 METRICS_FILE = "metrics.jsonl"
 CHECKED_BATCHES = 2
@@ -115,6 +116,8 @@ class Trainer:
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         self._clock = (time.perf_counter(), 0)
         self._checked = 0
+        self.failed: NonFiniteLoss | None = None
+        """Set when a sweep carries on without this run: its loss went non-finite."""
         self._rng = rng_state()  # this run's global RNG state, swapped in around each step
 
     # ---- setup ----
@@ -166,12 +169,11 @@ class Trainer:
 
     @property
     def done(self) -> bool:
-        return self.progress.tokens_seen >= self.cfg.n_tokens
+        """The token budget is spent, or training stopped on a non-finite loss (`failed`)."""
+        return self.failed is not None or self.progress.tokens_seen >= self.cfg.n_tokens
 
     def fit(self) -> Dictionary:
         """Train until the token budget is spent (or the data runs out); save and return."""
-        from sparselens.training.together import fit_together
-
         return fit_together([self])[0]
 
     # ---- one member of the loop in `together.fit_together` ----
@@ -328,7 +330,7 @@ class Trainer:
         step = int(self._first_bad_step)
         if step >= 0:
             assert self.sites is not None
-            raise non_finite_loss_error(self.data, self.sites, step)
+            raise NonFiniteLoss(str(non_finite_loss_error(self.data, self.sites, step)))
 
     # ---- persistence ----
 
