@@ -1,8 +1,10 @@
-"""The training loop: one for every dictionary variant.
+"""One dictionary's training run: the same for every dictionary variant.
 
 A variant shapes training only through the `Dictionary` hooks (`training_loss`,
 `before_optimizer_step`, `after_optimizer_step`, `initialize_from_data`); the trainer owns the
 rest: Adam and its schedule, gradient clipping, dead-latent tracking, metrics, checkpoints.
+The loop over batches lives in `together.fit_together`, which drives one trainer (`fit`) or
+several from one pass over the data (a sweep).
 
 Data comes from a factory ``data(skip_batches)`` (see `DataFactory`), so the trainer does not
 care whether batches are read from an activation cache or streamed from a model, and a resumed
