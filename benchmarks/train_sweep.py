@@ -8,13 +8,14 @@ cached activations of the embedded gemma-3-270m twice in one run of this script:
 - together: one `sparselens train --sweep ...`, every batch read, shuffled, moved to the
   device and cast once for all N.
 
-and reports both wall times, their ratio, the cost of one bare pass over the data (read,
-shuffle, cast to float32: what the sweep pays once instead of N times), and whether each
+and reports both wall times and CPU times (this process's, all threads: less sensitive than
+wall time to other jobs on a shared machine), their ratios, the cost of one bare pass over the
+data (read, shuffle, cast to float32: what the sweep pays once instead of N times), and whether each
 dictionary of the sweep is bit for bit the one trained alone (it should be, on the CPU).
 The two orders (separate first, together first) alternate over `--repeats` so that a slowly
 changing machine load does not favour one side.
 
-    python benchmarks/train_sweep.py                       # about 10 minutes on 2 cores
+    python benchmarks/train_sweep.py          # about 10 minutes on 2 idle cores, 40 on busy ones
     python benchmarks/train_sweep.py --quick               # smoke run, a minute
     python benchmarks/train_sweep.py --cache CACHE --sweep n_latents=2048,4096 --sweep k=16,32
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import shutil
@@ -30,7 +32,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -54,21 +55,21 @@ def base_options(args: argparse.Namespace, cache: Path) -> train_cmd.Config:
         log=LogConfig(every_steps=25, progress=False))
 
 
-def separately(options: train_cmd.Config, out: Path) -> float:
-    """N runs of the train command, one member's options each; wall seconds."""
-    start = time.perf_counter()
+def separately(options: train_cmd.Config, out: Path) -> tuple[float, float]:
+    """N runs of the train command, one member's options each; (wall, CPU) seconds."""
+    start, cpu = time.perf_counter(), time.process_time()
     for member in expand_sweep(train_cmd.train_config(options), options.sweep):
         fields = {f.name: getattr(member.config, f.name)
                   for f in dataclasses.fields(TrainConfig)}
         train_cmd.run(train_cmd.Config(**fields, cache=options.cache, out=str(out / member.name)))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def together(options: train_cmd.Config, out: Path) -> float:
-    """One run of the train command with the whole sweep; wall seconds."""
-    start = time.perf_counter()
+def together(options: train_cmd.Config, out: Path) -> tuple[float, float]:
+    """One run of the train command with the whole sweep; (wall, CPU) seconds."""
+    start, cpu = time.perf_counter(), time.process_time()
     train_cmd.run(dataclasses.replace(options, out=str(out)))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def data_pass(options: train_cmd.Config) -> float:
@@ -91,13 +92,7 @@ def identical(names: list[str], a: Path, b: Path) -> dict[str, bool]:
 
 def last_fvu(folder: Path) -> float | None:
     lines = (folder / "metrics.jsonl").read_text().splitlines()
-    return read_json_line(lines[-1]).get("fvu") if lines else None
-
-
-def read_json_line(line: str) -> dict[str, Any]:
-    import json
-
-    return json.loads(line)
+    return json.loads(lines[-1]).get("fvu") if lines else None
 
 
 def main() -> None:
@@ -134,16 +129,21 @@ def main() -> None:
         for repeat in range(args.repeats):
             sep_dir, tog_dir = Path(tmp) / f"separate{repeat}", Path(tmp) / f"together{repeat}"
             if repeat % 2 == 0:
-                t_sep, t_tog = separately(options, sep_dir), together(options, tog_dir)
+                (t_sep, c_sep), (t_tog, c_tog) = (separately(options, sep_dir),
+                                                  together(options, tog_dir))
             else:
-                t_tog, t_sep = together(options, tog_dir), separately(options, sep_dir)
+                (t_tog, c_tog), (t_sep, c_sep) = (together(options, tog_dir),
+                                                  separately(options, sep_dir))
             same = identical(names, sep_dir, tog_dir)
             rows.append({"repeat": repeat, "order": "separate first" if repeat % 2 == 0
                          else "together first", "separate_s": t_sep, "together_s": t_tog,
-                         "ratio": t_sep / t_tog, "bit_identical": same,
+                         "ratio": t_sep / t_tog, "separate_cpu_s": c_sep,
+                         "together_cpu_s": c_tog, "cpu_ratio": c_sep / c_tog,
+                         "bit_identical": same,
                          "fvu": {n: last_fvu(tog_dir / n) for n in names}})
-            print(f"repeat {repeat}: separate {t_sep:.1f} s, together {t_tog:.1f} s, "
-                  f"ratio {t_sep / t_tog:.2f}, identical {all(same.values())}", flush=True)
+            print(f"repeat {repeat}: separate {t_sep:.1f} s ({c_sep:.1f} CPU s), together "
+                  f"{t_tog:.1f} s ({c_tog:.1f} CPU s), ratio {t_sep / t_tog:.2f} (CPU "
+                  f"{c_sep / c_tog:.2f}), identical {all(same.values())}", flush=True)
             shutil.rmtree(sep_dir)
             shutil.rmtree(tog_dir)
         one_pass = data_pass(options)
@@ -159,15 +159,16 @@ def main() -> None:
         "tokens_per_member": args.tokens, "batch_size": args.batch_size,
         "autocast": args.autocast if resolved != "auto" else "auto", "runs": rows,
         "data_pass_s": one_pass,
-        "ratio_mean": sum(r["ratio"] for r in rows) / len(rows)}
+        "ratio_mean": sum(r["ratio"] for r in rows) / len(rows),
+        "cpu_ratio_mean": sum(r["cpu_ratio"] for r in rows) / len(rows)}
     atomic_write_json(out_json, report)
     print(f"\n{len(names)} dictionaries ({', '.join(names)}), {args.tokens:,} tokens each, "
           f"batch {args.batch_size}, autocast {args.autocast}")
     print(f"{'repeat':>6s} {'order':>15s} {'separate s':>11s} {'together s':>11s} "
-          f"{'ratio':>6s} {'identical':>9s}")
+          f"{'ratio':>6s} {'CPU ratio':>9s} {'identical':>9s}")
     for r in rows:
         print(f"{r['repeat']:6d} {r['order']:>15s} {r['separate_s']:11.1f} "
-              f"{r['together_s']:11.1f} {r['ratio']:6.2f} "
+              f"{r['together_s']:11.1f} {r['ratio']:6.2f} {r['cpu_ratio']:9.2f} "
               f"{str(all(r['bit_identical'].values())):>9s}")
     print(f"one bare pass over the data (read, shuffle, cast): {one_pass:.1f} s; separate runs "
           f"pay it {len(names)} times, the sweep once")
