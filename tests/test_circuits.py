@@ -10,9 +10,11 @@ import torch
 
 from conftest import make_tiny_llama
 from sparselens.circuits.attribution import attribute
+from sparselens.circuits.flow import activation_agreement, flow, trace
 from sparselens.circuits.graph import attribution_graph
 from sparselens.circuits.metrics import logit, logit_diff, loss
 from sparselens.circuits.prune import prune
+from sparselens.circuits.validate import validate
 from sparselens.dictionaries import Dictionary, DictionaryConfig, build
 from sparselens.lens import Lens
 
@@ -161,3 +163,63 @@ def test_bad_input_is_named(lens) -> None:
         attribution_graph(partial, "hi", logit(lens.tokenizer, "d"), progress=False)
     with pytest.raises(ValueError, match="model context"):
         attribution_graph(lens, "q" * 100, logit(lens.tokenizer, "d"), progress=False)
+
+
+def test_ablating_last_layer_latents_moves_the_metric_as_predicted(lens) -> None:
+    """Downstream of the last transcoder only the final norm is nonlinear, so the graph's
+    first-order prediction must match the real ablation closely there."""
+    metric = logit(lens.tokenizer, "d")
+    graph = attribution_graph(lens, "hello world", metric, max_latents=40, progress=False)
+    checks = validate(lens, "hello world", metric, graph, top=40).checks
+    last = [c for c in checks if c.node.startswith("L3/")]
+    assert last, "no last-layer latent among the top nodes"
+    for check in last:
+        assert check.measured == pytest.approx(check.predicted, rel=0.1, abs=1e-4), check
+
+
+def test_feature_flow_finds_a_permutation_and_traces_through_it() -> None:
+    torch.manual_seed(0)
+    first = build("topk", d_in=16, n_latents=32, k=4)
+    second = build("topk", d_in=16, n_latents=32, k=4)
+    third = build("topk", d_in=16, n_latents=32, k=4)
+    perm, perm2 = torch.randperm(32), torch.randperm(32)
+    with torch.no_grad():
+        second.W_dec.copy_(first.W_dec[perm] + 0.05 * torch.randn(32, 16))
+        third.W_dec.copy_(second.W_dec[perm2])
+        third.W_dec[0] = torch.randn(16)  # a latent born at the third layer
+    steps = flow([first, second, third])
+    assert torch.equal(steps[0].predecessor, perm)
+    assert steps[0].cosine.min() > 0.9
+    path = trace(steps, 1, 3, threshold=0.9)
+    assert [(i, j) for i, j, _ in path[:2]] == [(0, int(perm[3])), (1, 3)]
+    assert trace(steps, 2, 0, threshold=0.9)[0][:2] == (2, 0)
+    codes = torch.relu(torch.randn(500, 32))
+    later = codes[:, perm] + 0.1 * torch.rand(500, 32)
+    agreement = activation_agreement(codes, later, steps[0], threshold=0.9)
+    assert agreement["matched"] > 0.9 > agreement["random"] + 0.5
+    with pytest.raises(ValueError, match="same residual width"):
+        flow([first, build("topk", d_in=8, n_latents=32, k=4)])
+
+
+def test_circuit_and_flow_commands_write_json(tmp_path) -> None:
+    from sparselens.cli.main import main
+
+    loaded = make_tiny_llama(seed=5)
+    model_dir = tmp_path / "model"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    folders = []
+    for name, tc in random_transcoders().items():
+        tc.save(tmp_path / name)
+        folders.append(str(tmp_path / name))
+    out = tmp_path / "graph.json"
+    assert main(["circuit", "--model", str(model_dir), "--transcoders", *folders,
+                 "--prompt", "hello world", "--target", "d", "--max-latents", "8",
+                 "--validate", "3", "--out", str(out)]) == 0
+    graph = json.loads(out.read_text())
+    assert graph["format"] == "sparselens.attribution-graph/1"
+    assert len(graph["validation"]["checks"]) == 3 and graph["nodes"][-1]["id"] == "metric"
+    flow_out = tmp_path / "flow.json"
+    assert main(["flow", *folders, "--follow", "1", "2", "--out", str(flow_out)]) == 0
+    payload = json.loads(flow_out.read_text())
+    assert len(payload["steps"]) == LAYERS - 1 and len(payload["traces"]) == 2

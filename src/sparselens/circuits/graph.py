@@ -216,7 +216,7 @@ def _nodes(leaves, names: list[str], keep: Tensor, value: float
         nodes.append(node)
 
     for p in positions:
-        add(Node("embedding", p, -1, activation=float(leaves.embeddings[0, p].norm())))
+        add(Node("embedding", p, -1, activation=float(leaves.embeddings[0, p].detach().norm())))
     for layer, name in enumerate(names):
         codes = leaves.codes[name][0].detach()
         for p in positions:
@@ -224,7 +224,7 @@ def _nodes(leaves, names: list[str], keep: Tensor, value: float
                 add(Node("latent", p, layer, j, name, float(codes[p, j])))
             if name in leaves.errors:
                 add(Node("error", p, layer, dictionary=name,
-                         activation=float(leaves.errors[name][0, p].norm())))
+                         activation=float(leaves.errors[name][0, p].detach().norm())))
     nodes.append(Node("metric", positions[-1] if positions else 0, len(names), activation=value))
     index = {key: tuple(torch.tensor(col) for col in zip(*rows)) for key, rows in groups.items()}
     return nodes, index

@@ -117,7 +117,7 @@ class Lens:
             name = Path(path).name
             if name in lens.attached:
                 name = str(path)
-            lens.attach(name, load_any(path, device=device))
+            lens.attach(name, load_any(path).to(device))
         return lens
 
     # ---- attaching ----
