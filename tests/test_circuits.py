@@ -161,6 +161,14 @@ def test_bad_input_is_named(lens) -> None:
     partial = Lens(make_tiny_llama(seed=5), dict(list(random_transcoders().items())[:2]))
     with pytest.raises(ValueError, match=r"none writes mlp_out of layer\(s\) \[2, 3\]"):
         attribution_graph(partial, "hi", logit(lens.tokenizer, "d"), progress=False)
+    sae = build("topk", d_in=32, n_latents=16, k=2, hookpoint="resid.1")
+    with pytest.raises(ValueError, match="not a transcoder of one block's MLP"):
+        attribution_graph(Lens(make_tiny_llama(seed=5), {**random_transcoders(), "sae": sae}),
+                          "hi", logit(lens.tokenizer, "d"), progress=False)
+    twice = {**random_transcoders(), "again": random_transcoders(seed=1)["tc2"]}
+    with pytest.raises(ValueError, match="more than one transcoder per layer"):
+        attribution_graph(Lens(make_tiny_llama(seed=5), twice), "hi", logit(lens.tokenizer, "d"),
+                          progress=False)
     with pytest.raises(ValueError, match="model context"):
         attribution_graph(lens, "q" * 100, logit(lens.tokenizer, "d"), progress=False)
 
