@@ -18,12 +18,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from sparselens.core.dtypes import parse_dtype
 from sparselens.data.batch import SOURCE_SEPARATOR, ActivationBatch, stack_acts
 from sparselens.data.manifest import read_manifest, shard_records
 from sparselens.data.mixing import Window, concat_rows, mix, take_rows
 from sparselens.data.shards import ACTS_PREFIX, read_rows, read_tensor, verify_shard
 from sparselens.data.split import heldout_mask
-from sparselens.models.source import parse_dtype
 
 Split = Literal["train", "heldout", "all"]
 SPLITS = ("train", "heldout", "all")

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sparselens.core.atomic import atomic_open, atomic_write_json, read_json
 from sparselens.data.chunking import start_token_id
-from sparselens.io.atomic import atomic_open, atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from sparselens.data.corpus import CorpusConfig

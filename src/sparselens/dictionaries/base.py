@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from sparselens.core.dtypes import parse_dtype
 from sparselens.dictionaries.losses import squared_error
 
 PROJECTION_ROWS = 512
@@ -142,8 +143,6 @@ class Dictionary(nn.Module):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
                             f"got {type(cfg).__name__}")
         self.cfg = cfg
-        from sparselens.models.source import parse_dtype
-
         dtype = parse_dtype(cfg.dtype)
         d_out = cfg.d_out
         assert d_out is not None

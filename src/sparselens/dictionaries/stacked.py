@@ -113,7 +113,7 @@ class StackedDictionary(BatchTopKSAE):
     def __init__(self, cfg: StackedConfig) -> None:
         super().__init__(self.weight_config(cfg))
         self.cfg = cfg
-        from sparselens.models.source import parse_dtype
+        from sparselens.core.dtypes import parse_dtype
 
         self.register_buffer("source_scale", torch.ones(self.n_sources,
                                                         dtype=parse_dtype(cfg.dtype)))
