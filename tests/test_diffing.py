@@ -110,7 +110,7 @@ def test_latent_scaling_tells_complete_shrinkage_from_a_truly_specific_latent() 
     assert not records[1]["only_apparently_specific"]
     assert records[1]["model"] == "B/h"
     torch.testing.assert_close(diff.density, (f != 0).double().mean(0))
-    with pytest.raises(ValueError, match="no stacked sources"):
+    with pytest.raises(ValueError, match="no activations for hookpoint .other."):
         diff_latents(cc, batches, "other")
 
 

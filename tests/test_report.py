@@ -221,5 +221,5 @@ def test_cli_report_end_to_end(tmp_path, tiny_llama):
     assert main(["report", str(checkpoint), "--cache", str(cache), "--tokenizer",
                  str(tokenizer_dir), "--batch-size", "50", "--max-tokens", "60", "--split",
                  "train", "--out", str(partial)]) == 0
-    assert read_data(partial)["meta"]["n_tokens"] == 100  # whole batches: two of 50
+    assert read_data(partial)["meta"]["n_tokens"] == 60  # cut at --max-tokens exactly
     assert main(["report", str(checkpoint), "--cache", str(tmp_path / "nowhere")]) == 1

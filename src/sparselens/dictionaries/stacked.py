@@ -31,27 +31,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from sparselens.data.batch import SOURCE_SEPARATOR
+from sparselens.data.batch import split_sources
 from sparselens.dictionaries.base import LossOutput, StepContext
 from sparselens.dictionaries.batchtopk import BatchTopKConfig, BatchTopKSAE, batch_topk
 from sparselens.dictionaries.thresholds import ema_update_, min_positive
 
 SELECTIONS = ("batchtopk", "topk")
 DEFAULT_SOURCES = 2
-
-
-def stacked_name(sources: list[str] | tuple[str, ...]) -> str:
-    """The name of the flattened stack of `sources` (``a+b``), as it appears in batches."""
-    for name in sources:
-        if SOURCE_SEPARATOR in name:
-            raise ValueError(f"source name {name!r} contains {SOURCE_SEPARATOR!r}, which joins "
-                             "source names; rename the hookpoint")
-    return SOURCE_SEPARATOR.join(sources)
-
-
-def source_names(name: str) -> list[str]:
-    """The sources of a stacked name: ``"a+b" -> ["a", "b"]``."""
-    return name.split(SOURCE_SEPARATOR)
 
 
 @dataclass
@@ -68,7 +54,7 @@ class StackedConfig(BatchTopKConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        named = source_names(self.hookpoint) if self.hookpoint else None
+        named = split_sources(self.hookpoint) if self.hookpoint else None
         if self.n_sources is None:
             self.n_sources = len(named) if named and len(named) > 1 else DEFAULT_SOURCES
         if not isinstance(self.n_sources, int) or self.n_sources < 1:
@@ -94,7 +80,7 @@ class StackedConfig(BatchTopKConfig):
     @property
     def sources(self) -> list[str]:
         """Source names: from a ``+``-joined hookpoint, else ``source0, source1, ...``."""
-        named = source_names(self.hookpoint) if self.hookpoint else []
+        named = split_sources(self.hookpoint) if self.hookpoint else []
         if len(named) == self.n_sources:
             return named
         return [f"source{i}" for i in range(self.n_sources or 0)]

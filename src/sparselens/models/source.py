@@ -115,3 +115,11 @@ def load_model(source: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, name=source)
+
+
+def load_tokenizer(source: str) -> object:
+    """A Hugging Face tokenizer from a local folder or an embedded model name (no network)."""
+    from transformers import AutoTokenizer
+
+    path = Path(source).expanduser()
+    return AutoTokenizer.from_pretrained(path if path.is_dir() else resolve_model_dir(source))

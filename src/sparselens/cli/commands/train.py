@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sparselens.cli.options import positional
 from sparselens.training.config import TrainConfig
-
-if TYPE_CHECKING:
-    from sparselens.data.cache import ActivationCache
-    from sparselens.training.preparation import DataFactory
 
 NAME = "train"
 HELP = ("Train a sparse dictionary (SAE, transcoder) on an activation cache; writes the "
@@ -33,18 +28,6 @@ def train_config(cfg: Config) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
-def cache_data(cache: ActivationCache, cfg: TrainConfig) -> DataFactory:
-    """Endless, seeded, full batches of the cache's train split, resumable by batch count
-    (full batches keep the step count, and so the schedule, exactly as planned)."""
-    wanted = [h for h in (cfg.hookpoint, cfg.target_hookpoint) if h is not None] or None
-
-    def data(skip_batches: int):
-        return cache.batches(cfg.batch_size, hookpoints=wanted, split="train", seed=cfg.seed,
-                             skip_batches=skip_batches, epochs=None, drop_last=True)
-
-    return data
-
-
 def run(cfg: Config) -> int:
     """Train in this process, or as one rank of a data-parallel `torchrun` job."""
     from sparselens.distributed import distributed_session
@@ -55,6 +38,8 @@ def run(cfg: Config) -> int:
 
 def _train(cfg: Config) -> int:
     from sparselens.data.cache import ActivationCache
+    from sparselens.data.factory import training_data
+    from sparselens.data.sites import Sites
     from sparselens.distributed import is_main_process
     from sparselens.training.checkpoint import find_checkpoint, saved_train_config
     from sparselens.training.trainer import Trainer
@@ -63,22 +48,20 @@ def _train(cfg: Config) -> int:
         raise ValueError("give the activation cache folder: sparselens train CACHE --out OUT")
     cache = ActivationCache.open(cfg.cache)
     train = train_config(cfg)
-    if cache.n_rows("train") < train.batch_size:
-        raise ValueError(f"the train split of {cfg.cache} has {cache.n_rows('train')} tokens, "
-                         f"fewer than one batch ({train.batch_size}); lower --batch-size or "
-                         "harvest more tokens")
-    train.hookpoint = cache.resolve(train.hookpoint) if train.hookpoint else None
+    sites = Sites.from_cache(cache, train)
+    if train.hookpoint:  # the cache's names; a config without one keeps None (resume compares)
+        train.hookpoint = sites.input
     if train.target_hookpoint:
-        train.target_hookpoint = cache.resolve(train.target_hookpoint)
+        train.target_hookpoint = sites.target
+    data = training_data(cache, sites, train.batch_size, train.seed)
     checkpoint = find_checkpoint(cfg.out) if cfg.resume else None
     if checkpoint is not None:
         _refuse_changed_options(train, saved_train_config(checkpoint))
-        trainer = Trainer.resume(checkpoint, cache_data(cache, train), out_dir=cfg.out,
-                                 log=train.log)
+        trainer = Trainer.resume(checkpoint, data, out_dir=cfg.out, log=train.log)
         if is_main_process():
             print(f"resuming {cfg.out} at step {trainer.progress.step}")
     else:
-        trainer = Trainer(train, cache_data(cache, train), out_dir=cfg.out)
+        trainer = Trainer(train, data, out_dir=cfg.out)
     trainer.fit()
     if is_main_process():
         print(f"trained {trainer.progress.tokens_seen} tokens; dictionary saved to {cfg.out}")
