@@ -38,40 +38,15 @@ def run(cfg: Config) -> int:
 
 def _train(cfg: Config) -> int:
     from sparselens.data.cache import ActivationCache
-    from sparselens.data.factory import training_data
-    from sparselens.data.sites import Sites
     from sparselens.distributed import is_main_process
-    from sparselens.training.checkpoint import find_checkpoint, saved_train_config
-    from sparselens.training.trainer import Trainer
+    from sparselens.pipelines.train import train_on_cache
 
     if not cfg.cache:
         raise ValueError("give the activation cache folder: sparselens train CACHE --out OUT")
-    cache = ActivationCache.open(cfg.cache)
-    train = train_config(cfg)
-    sites = Sites.from_cache(cache, train)
-    if train.hookpoint:  # the cache's names; a config without one keeps None (resume compares)
-        train.hookpoint = sites.input
-    if train.target_hookpoint:
-        train.target_hookpoint = sites.target
-    data = training_data(cache, sites, train.batch_size, train.seed)
-    checkpoint = find_checkpoint(cfg.out) if cfg.resume else None
-    if checkpoint is not None:
-        _refuse_changed_options(train, saved_train_config(checkpoint))
-        trainer = Trainer.resume(checkpoint, data, out_dir=cfg.out, log=train.log)
-        if is_main_process():
-            print(f"resuming {cfg.out} at step {trainer.progress.step}")
-    else:
-        trainer = Trainer(train, data, out_dir=cfg.out)
-    trainer.fit()
+    result = train_on_cache(train_config(cfg), ActivationCache.open(cfg.cache), cfg.out,
+                            resume=cfg.resume)
     if is_main_process():
-        print(f"trained {trainer.progress.tokens_seen} tokens; dictionary saved to {cfg.out}")
+        if result.resumed_at is not None:
+            print(f"resumed {cfg.out} at step {result.resumed_at}")
+        print(f"trained {result.steps} steps; dictionary saved to {cfg.out}")
     return 0
-
-
-def _refuse_changed_options(now: TrainConfig, saved: dict) -> None:
-    """A resumed run must be the run that was started (logging options may differ)."""
-    current = now.to_dict()
-    changed = sorted(k for k in current if k != "log" and current[k] != saved.get(k))
-    if changed:
-        raise ValueError(f"--resume with options that differ from the checkpoint's: {changed}; "
-                         "repeat the original options, or train into a new --out")
