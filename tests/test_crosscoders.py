@@ -23,7 +23,7 @@ from sparselens.evaluation.per_source import (
     per_source_reconstruction,
     per_source_spliced,
 )
-from sparselens.io.native import load_dictionary
+from sparselens.io.native import load_dictionary, save_dictionary
 from sparselens.training import LogConfig, OptimConfig, TrainConfig, Trainer
 
 FP32 = HarvestConfig(storage_dtype="float32", batch_size=4, shard_tokens=200, progress=False)
@@ -70,7 +70,7 @@ def test_training_helps_inference_is_per_token_and_save_load_keeps_outputs(varia
     torch.testing.assert_close(model.encode(x[:64])[:8], alone)
     with torch.no_grad():
         codes, out = model.encode(x), model(x)
-    model.save(tmp_path / "ckpt")
+    save_dictionary(model, tmp_path / "ckpt")
     loaded = load_dictionary(tmp_path / "ckpt")
     assert type(loaded) is type(model) and loaded.cfg.input_scale == 1.0
     torch.testing.assert_close(loaded.source_scale, model.source_scale * 2.0)
