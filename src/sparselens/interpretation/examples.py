@@ -254,6 +254,11 @@ class ExampleCollector:
                                samples=self.samples.as_example_set(ascending=True))
 
 
+def batch_input(batch: ActivationBatch, hookpoint: str, dictionary: Dictionary) -> Tensor:
+    """The `Sites` accessor for one hookpoint, kept under its old name for callers of it."""
+    return Sites(hookpoint).inputs_for(dictionary, batch)
+
+
 @torch.no_grad()
 def collect_examples(dictionary: Dictionary, batches: Iterable[ActivationBatch], hookpoint: str,
                      n_top: int = 20, n_quantile_samples: int = 40,
