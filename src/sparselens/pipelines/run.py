@@ -97,7 +97,7 @@ def run(cfg: RunConfig, on_stage: Callable[[int, str, Path], None] | None = None
                            HarvestConfig(max_tokens=cfg.harvest_tokens, seed=cfg.seed))
     del loaded
     stage(2, "train", sae)
-    train_on_cache(training, cache, sae, resume=True)
+    train_on_cache(training, cache, sae, resume=True, reuse=True)
     stage(3, "evaluate", sae / "eval.json")
     evaluation = evaluate(EvalConfig(checkpoint=str(sae), cache=str(cache_dir),
                                      max_sequences=cfg.eval_sequences, device=cfg.device))
