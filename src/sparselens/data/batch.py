@@ -29,6 +29,27 @@ def split_sources(name: str) -> list[str]:
     return name.split(SOURCE_SEPARATOR)
 
 
+LABEL_SEPARATOR = "/"
+"""Joins a model's label and a hookpoint (``base/resid.6``) when several models are read on
+the same tokens; `labelled_name` and `split_label` build and parse such names."""
+
+
+def labelled_name(label: str | None, name: str) -> str:
+    """The site name of hookpoint `name` of the model labelled `label` (None: the only model)."""
+    if label is None:
+        return name
+    if not label or LABEL_SEPARATOR in label:
+        raise ValueError(f"model label {label!r} must be non-empty and contain no "
+                         f"{LABEL_SEPARATOR!r}")
+    return f"{label}{LABEL_SEPARATOR}{name}"
+
+
+def split_label(name: str) -> tuple[str | None, str]:
+    """``"base/resid.6" -> ("base", "resid.6")``; ``"resid.6" -> (None, "resid.6")``."""
+    label, sep, rest = name.partition(LABEL_SEPARATOR)
+    return (label, rest) if sep else (None, name)
+
+
 @dataclass
 class ActivationBatch:
     """Rows of activations aligned across hookpoints, with where each row came from.

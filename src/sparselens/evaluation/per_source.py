@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparselens.data.batch import ActivationBatch
+from sparselens.data.batch import ActivationBatch, split_label
 from sparselens.data.sites import Sites
 from sparselens.data.taps import ChunkLike, Tap, make_taps, stack_chunks
 from sparselens.dictionaries.stacked import StackedDictionary
@@ -146,8 +146,7 @@ def _taps(dictionary: StackedDictionary,
     """Taps reading exactly the dictionary's sources from `models`."""
     sources = dictionary.cfg.sources
     labelled = not isinstance(models, LoadedModel)
-    specs = list(dict.fromkeys(s.split("/", 1)[1] if labelled and "/" in s else s
-                               for s in sources))
+    specs = list(dict.fromkeys(split_label(s)[1] if labelled else s for s in sources))
     taps = make_taps(models, specs)
     known = {name for tap in taps for name in tap.names}
     missing = [s for s in sources if s not in known]

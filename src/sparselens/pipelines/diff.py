@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparselens.data.batch import join_sources
+from sparselens.data.batch import join_sources, labelled_name
 from sparselens.data.cache import ActivationCache, Split
 from sparselens.data.corpus import CorpusConfig
 from sparselens.data.factory import heldout_chunks, split_batches
@@ -114,7 +114,7 @@ def diff(cfg: DiffConfig) -> DiffResult:
                              max_tokens=cfg.n_tokens, seed=cfg.seed, progress=cfg.progress)
     cache = harvest_corpus(models, cfg.corpus, [cfg.hookpoint], out / "activations",
                            cfg.context_len, settings)
-    sites = Sites.from_cache(cache, None, join_sources([f"{label}/{cfg.hookpoint}"
+    sites = Sites.from_cache(cache, None, join_sources([labelled_name(label, cfg.hookpoint)
                                                         for label in LABELS]))
     crosscoder = _train(cfg, cache, sites, out / "crosscoder")
     record, sections = _score(cfg, cache, sites, crosscoder, models)
