@@ -16,8 +16,9 @@ from sparselens.evaluation.per_source import per_source_reconstruction, per_sour
 from sparselens.evaluation.reconstruction import reconstruction_metrics
 from sparselens.evaluation.results import results_record, write_results
 from sparselens.io.atomic import read_json
-from sparselens.io.native import CONFIG_FILE, load_dictionary
+from sparselens.io.native import CONFIG_FILE
 from sparselens.models.source import LoadedModel, load_model
+from sparselens.pipelines.opened import open_on_cache
 
 
 @dataclass
@@ -60,12 +61,9 @@ class EvalResult:
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
     """Evaluate ``cfg.checkpoint`` on the held-out split of ``cfg.cache``; write the JSON."""
-    if not cfg.checkpoint or not cfg.cache:
-        raise ValueError("give the dictionary and the cache: sparselens eval CHECKPOINT "
-                         "--cache CACHE")
-    dictionary = load_dictionary(cfg.checkpoint, device=cfg.device)
-    cache = ActivationCache.open(cfg.cache)
-    sites = Sites.from_cache(cache, dictionary.cfg, cfg.hookpoint)
+    opened = open_on_cache(cfg.checkpoint, cfg.cache, cfg.hookpoint, cfg.device,
+                           "sparselens eval CHECKPOINT --cache CACHE")
+    dictionary, cache, sites = opened.dictionary, opened.cache, opened.sites
     batches = split_batches(cache, sites, cfg.batch_size, "heldout", cfg.max_tokens)
     recon = reconstruction_metrics(dictionary, batches(), sites.input, sites.target,
                                    dense_threshold=cfg.dense_threshold)

@@ -9,13 +9,12 @@ from typing import Any, Literal
 
 from sparselens.data.cache import ActivationCache
 from sparselens.data.factory import split_batches
-from sparselens.data.sites import Sites
 from sparselens.interpretation.examples import FeatureExamples, collect_examples
 from sparselens.interpretation.report import write_report
 from sparselens.interpretation.windows import collect_windows
 from sparselens.io.atomic import read_json
-from sparselens.io.native import load_dictionary
 from sparselens.models.source import load_tokenizer
+from sparselens.pipelines.opened import open_on_cache
 
 
 @dataclass
@@ -65,12 +64,9 @@ class ReportResult:
 
 def write_feature_report(cfg: ReportConfig) -> ReportResult:
     """Collect the examples in two passes over the same tokens and write the report folder."""
-    if not cfg.checkpoint or not cfg.cache:
-        raise ValueError("give the dictionary and the cache: sparselens report CHECKPOINT "
-                         "--cache CACHE [--out DIR]")
-    dictionary = load_dictionary(cfg.checkpoint, device=cfg.device)
-    cache = ActivationCache.open(cfg.cache)
-    sites = Sites.from_cache(cache, dictionary.cfg, cfg.hookpoint)
+    opened = open_on_cache(cfg.checkpoint, cfg.cache, cfg.hookpoint, cfg.device,
+                           "sparselens report CHECKPOINT --cache CACHE [--out DIR]")
+    dictionary, cache, sites = opened.dictionary, opened.cache, opened.sites
     tokenizer = load_tokenizer(cfg.tokenizer or _manifest_model(cache))
     batches = split_batches(cache, sites, cfg.batch_size, cfg.split, cfg.max_tokens)
     examples = collect_examples(dictionary, batches(), sites.input, n_top=cfg.n_top,
