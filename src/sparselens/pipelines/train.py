@@ -3,6 +3,7 @@ reuse a finished one; a folder trained with other options is refused, never over
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,10 @@ def train_on_cache(cfg: TrainConfig, cache: ActivationCache, out: str | Path,
     """
     folder = Path(out)
     sites = Sites.from_cache(cache, cfg)
-    if cfg.hookpoint:  # the cache's names; a config without one keeps None (resume compares)
-        cfg.hookpoint = sites.input
-    if cfg.target_hookpoint:
-        cfg.target_hookpoint = sites.target
+    # The cache's names for the sites; a config without a hookpoint keeps None (the trainer
+    # takes the data's only one), so a resumed run compares equal to the one it continues.
+    cfg = dataclasses.replace(cfg, hookpoint=sites.input if cfg.hookpoint else None,
+                              target_hookpoint=sites.target)
     if reuse and (folder / CONFIG_FILE).exists() and (folder / TRAIN_CONFIG_FILE).exists():
         refuse_changed_options(cfg, read_json(folder / TRAIN_CONFIG_FILE, "training config"))
         return TrainResult(load_dictionary(folder, device=cfg.device), folder, None)
