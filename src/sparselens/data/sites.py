@@ -48,9 +48,10 @@ class Sites:
     d_out: int | None = None
     """Width of the target, when known from the cache."""
     input_scale: float = 1.0
-    """Global factor on raw inputs (the dictionary config's; 1 once folded on save)."""
+    """Global factor on raw inputs, as the config records it (1 once folded into a saved
+    dictionary; the dictionary applies it itself, the accessor returns raw rows)."""
     output_scale: float = 1.0
-    """Global factor on raw targets."""
+    """Global factor on raw targets, likewise."""
     heldout: HeldoutRule | None = None
     """The split rule of the cache the names were resolved in (None: not from a cache)."""
 
