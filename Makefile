@@ -40,10 +40,12 @@ run: $(STAMP)
 
 test: $(STAMP) $(PEERS) browser
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports  # the layer order in pyproject.toml [tool.importlinter]
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/harvest.py

@@ -16,6 +16,7 @@ from sparselens.circuits.metrics import logit, logit_diff, loss
 from sparselens.circuits.prune import prune
 from sparselens.circuits.validate import validate
 from sparselens.dictionaries import Dictionary, DictionaryConfig, build
+from sparselens.io.native import save_dictionary
 from sparselens.lens import Lens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -218,7 +219,7 @@ def test_circuit_and_flow_commands_write_json(tmp_path) -> None:
     loaded.tokenizer.save_pretrained(model_dir)
     folders = []
     for name, tc in random_transcoders().items():
-        tc.save(tmp_path / name)
+        save_dictionary(tc, tmp_path / name)
         folders.append(str(tmp_path / name))
     out = tmp_path / "graph.json"
     assert main(["circuit", "--model", str(model_dir), "--transcoders", *folders,
