@@ -15,6 +15,11 @@ def model_of(lens: Any) -> nn.Module:
     return model.model if hasattr(model, "tokenizer") else model
 
 
+def tokenizer_of(lens: Any) -> Any:
+    tokenizer = getattr(lens, "tokenizer", None)
+    return tokenizer if tokenizer is not None else lens.model.tokenizer
+
+
 def prompt_ids(lens: Any, text: str) -> Tensor:
     """Token ids ``(1, L)`` of one prompt, tokenised as the lens does for generation."""
     return lens.tokenize([text]).ids
