@@ -11,6 +11,20 @@ HOOKPOINT = "resid.2"
 N_LATENTS = 16
 
 
+def steerable_llama() -> LoadedModel:
+    """The tiny Llama of conftest with its embeddings and unembedding scaled up 50x (a copy
+    of its own). At initialisation (std 0.02) the residual stream is ~0.1 long and the logits
+    nearly uniform, so any added direction saturates the final norm at once; scaled, the
+    residual is ~6 long and the next-token distribution peaked, like a trained model's."""
+    from conftest import make_tiny_llama
+
+    loaded = make_tiny_llama(seed=2)
+    with torch.no_grad():
+        loaded.model.get_input_embeddings().weight.mul_(50)
+        loaded.model.get_output_embeddings().weight.mul_(50)
+    return loaded
+
+
 def family_ids(loaded: LoadedModel) -> list[int]:
     """Token ids of the bytes a, e, i, o, u under the byte tokenizer."""
     ids = [loaded.tokenizer.convert_tokens_to_ids(c) for c in "aeiou"]

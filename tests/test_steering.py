@@ -8,13 +8,6 @@ import math
 
 import pytest
 import torch
-from steering_helpers import (
-    HOOKPOINT,
-    family_direction,
-    family_ids,
-    planted_dictionary,
-    planted_family,
-)
 
 from sparselens.models.hookpoints import capture, resolve
 from sparselens.steering import (
@@ -32,19 +25,33 @@ from sparselens.steering import (
     vector_steer,
 )
 from sparselens.steering.input_scores import sequence_peaks
+from steering_helpers import (
+    HOOKPOINT,
+    family_direction,
+    family_ids,
+    planted_dictionary,
+    planted_family,
+    steerable_llama,
+)
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a e i o u and some more words",
          "zzz qqq xxx", "banana audio idea queue", "plain sentence here"]
 
 
 @pytest.fixture(scope="module")
-def lens(tiny_llama, one_thread):
+def model():
+    return steerable_llama()
+
+
+@pytest.fixture(scope="module")
+def lens(model, one_thread):
     from sparselens.lens import Lens
 
-    return Lens(tiny_llama, {"sae": planted_dictionary(tiny_llama)})
+    return Lens(model, {"sae": planted_dictionary(model)})
 
 
-def test_logit_lens_is_final_norm_then_unembedding(tiny_llama, tiny_gpt2, monkeypatch):
+def test_logit_lens_is_final_norm_then_unembedding(model, tiny_gpt2, monkeypatch):
+    tiny_llama = model
     import sparselens.steering.logit_lens as logit_lens
 
     assert logit_lens.final_norm(tiny_gpt2.model) is tiny_gpt2.model.transformer.ln_f
@@ -58,31 +65,49 @@ def test_logit_lens_is_final_norm_then_unembedding(tiny_llama, tiny_gpt2, monkey
     assert len(set(planted_family(tiny_llama)) & set(family_ids(tiny_llama))) >= 3
 
 
-def test_family_probability_rises_monotonically_with_the_coefficient(lens, tiny_llama):
+def test_family_probability_rises_monotonically_with_the_coefficient(lens, model):
     coefs = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0]
     probs = family_probability(lens, latent_steer("sae", 0), coefs, ["hello wor", "the cat "],
-                               planted_family(tiny_llama))
+                               planted_family(model))
     assert all(b > a for a, b in zip(probs, probs[1:])), probs
     assert probs[-1] > 5 * probs[0]
     # a random latent does not do that for the family
     other = family_probability(lens, latent_steer("sae", 3), coefs[-1:], ["hello wor"],
-                               planted_family(tiny_llama))
+                               planted_family(model))
     assert other[0] < probs[-1]
 
 
-def test_output_score_ranks_the_planted_latent_first(lens):
-    scores = output_scores(lens, "sae", range(16))
-    best = max(scores, key=lambda s: s.score)
-    assert best.latent == 0
-    assert 0 < best.score <= 1 and best.rank_score == pytest.approx(1.0, abs=1e-3)
-    assert all(0 <= s.score <= 1 for s in scores)
+def test_output_score_is_rank_times_probability_after_amplification(model):
+    from sparselens.lens import AddLatent, Lens
 
+    sae = planted_dictionary(model)
+    with torch.no_grad():
+        sae.W_dec[7] = 0.0                      # writes nothing: no effect on the output
+    lens = Lens(model, {"sae": sae})
+    # k = 5: twenty tokens would be 8% of this 259-token vocabulary
+    planted, silent = output_scores(lens, "sae", [0, 7], top_k=5)
+    assert planted.score > 0.5
+    # by hand, as the paper's code does: amplify at the last token, rank by argsort
+    ids = lens.tokenize(["From my experience,"]).ids
+    codes = lens.encode(ids).codes["sae"].dense()[0]
+    edit = AddLatent("sae", latent=0, coef=10 * float(codes[-1].max()),
+                     positions=[ids.shape[1] - 1])
+    probs = torch.softmax(lens.forward(ids, edits=[edit]).logits[0, -1], -1)
+    order = probs.argsort(descending=True)
+    ranks = [int((order == t).nonzero()) for t in planted.tokens]
+    expected = (1 - min(ranks) / probs.numel()) * float(probs[planted.tokens].max())
+    assert planted.score == pytest.approx(expected, rel=1e-5)
+    # amplifying the planted latent raises its score; the silent one's does not move (the
+    # score has no baseline: a latent whose tokens the model predicts anyway scores high)
+    planted_0, silent_0 = output_scores(lens, "sae", [0, 7], amp_factor=0.0, top_k=5)
+    assert planted_0.score < planted.score
+    assert silent_0.score == pytest.approx(silent.score, abs=1e-6)
 
-def test_input_scores_match_a_direct_count(lens, tiny_llama):
+def test_input_scores_match_a_direct_count(lens, model):
     latents = [0, 1, 2]
     peaks = sequence_peaks(lens, "sae", TEXTS, latents)
     scores = input_scores(lens, "sae", TEXTS, latents, top_k=5, n_examples=3, min_examples=2)
-    family = logit_lens_top_tokens(tiny_llama.model, lens.dictionaries["sae"].W_dec[latents], 5)
+    family = logit_lens_top_tokens(model.model, lens.dictionaries["sae"].W_dec[latents], 5)
     for column, score in enumerate(scores):
         value, token = peaks.value[:, column], peaks.token[:, column]
         order = [i for i in value.argsort(descending=True).tolist() if value[i] > 0][:3]
@@ -97,14 +122,14 @@ def test_input_scores_match_a_direct_count(lens, tiny_llama):
         assert int(peaks.token[row, 0]) in toks.ids[row][~toks.special[row].bool()].tolist()
 
 
-def test_mean_difference_vector_is_the_difference_of_last_token_activations(lens, tiny_llama):
+def test_mean_difference_vector_is_the_difference_of_last_token_activations(lens, model):
     positive, negative = ["aaa eee", "iii ooo"], ["xyz", "qrs tuv"]
     vec = mean_difference_vector(lens, HOOKPOINT, positive, negative)
-    (site,) = resolve(tiny_llama.model, HOOKPOINT)
+    (site,) = resolve(model.model, HOOKPOINT)
 
     def last(prompt):
         ids = lens.tokenize([prompt]).ids
-        return capture(tiny_llama.model, [site], input_ids=ids)[site][0, -1]
+        return capture(model.model, [site], input_ids=ids)[site][0, -1]
 
     expected = (sum(last(p) for p in positive) / 2) - (sum(last(n) for n in negative) / 2)
     torch.testing.assert_close(vec, expected.float())
@@ -112,38 +137,43 @@ def test_mean_difference_vector_is_the_difference_of_last_token_activations(lens
     assert not torch.allclose(all_tokens, vec)
 
 
-def test_contrast_latents_find_the_latent_that_reads_the_difference(tiny_llama):
+def test_contrast_latents_find_the_latent_that_reads_the_difference(model):
     from sparselens.lens import Lens
 
-    sae = planted_dictionary(tiny_llama)
+    sae = planted_dictionary(model)
     positive, negative = ["aaaa", "eeee", "aeae"], ["xxxx", "zzzz", "xzxz"]
-    probe = Lens(tiny_llama, {"sae": sae})
+    probe = Lens(model, {"sae": sae})
     direction = mean_difference_vector(probe, HOOKPOINT, positive, negative, reduce="all")
     with torch.no_grad():
         sae.W_enc[:, 5] = 10 * direction / direction.norm()
         sae.b_enc[5] = -float((10 * direction / direction.norm()) @ direction) / 4
-    ranked = contrast_latents(Lens(tiny_llama, {"sae": sae}), "sae", positive, negative, top=3)
+    ranked = contrast_latents(Lens(model, {"sae": sae}), "sae", positive, negative, top=3)
     assert ranked[0][0] == 5 and ranked[0][1] > 0
     assert ranked[0][1] >= ranked[1][1] >= ranked[2][1]
 
 
-def test_steering_with_the_dense_family_direction_raises_the_family(lens, tiny_llama):
-    vec = family_direction(tiny_llama, family_ids(tiny_llama)) * 3.0
+def test_steering_with_the_dense_family_direction_raises_the_family(lens, model):
+    vec = family_direction(model, family_ids(model)) * 3.0
     probs = family_probability(lens, vector_steer(HOOKPOINT, vec), [0.0, 4.0, 8.0],
-                               ["hello wor"], planted_family(tiny_llama))
+                               ["hello wor"], planted_family(model))
     assert probs[0] < probs[1] < probs[2]
 
 
-def test_ablation_changes_loss_only_where_the_latents_fire(lens, tiny_llama):
+def test_ablation_changes_loss_only_where_the_latents_fire(lens, model):
     result = ablation_study(lens, "sae", [0], TEXTS, batch_size=2)
     assert result.overall.n_predictions > result.where_fired.n_predictions > 0
     assert result.where_fired.delta != 0
-    # every changed prediction is one where latent 0 fired: the overall change is theirs
-    share = result.where_fired.n_predictions / result.overall.n_predictions
-    assert result.overall.delta == pytest.approx(result.where_fired.delta * share, abs=1e-4)
+    # a latent that never fires: ablating it changes nothing, and it has no fired tokens
+    from sparselens.lens import Lens
+
+    sae = planted_dictionary(model)
+    with torch.no_grad():
+        sae.b_enc[9] = -1e4
+    never = ablation_study(Lens(model, {"sae": sae}), "sae", [9], TEXTS, batch_size=2)
+    assert never.overall.delta == 0.0 and never.where_fired.n_predictions == 0
     # the clean loss is the model's own next-token loss over the counted predictions
     toks = lens.tokenize(TEXTS[:1])
-    logits = tiny_llama.model(input_ids=toks.ids).logits[0, :-1]
+    logits = model.model(input_ids=toks.ids).logits[0, :-1]
     ok = (~toks.special[0].bool())
     ok = ok[:-1] & ok[1:] & toks.attention_mask[0, 1:].bool() & toks.attention_mask[0, :-1].bool()
     single = ablation_study(lens, "sae", [0], TEXTS[:1])
@@ -153,8 +183,8 @@ def test_ablation_changes_loss_only_where_the_latents_fire(lens, tiny_llama):
     assert math.isfinite(mean.overall.delta)
 
 
-def test_side_by_side_generation(lens, tiny_llama):
-    family = {tiny_llama.tokenizer.decode([t]) for t in planted_family(tiny_llama)}
+def test_side_by_side_generation(lens, model):
+    family = {model.tokenizer.decode([t]) for t in planted_family(model)}
     same = side_by_side(lens, latent_steer("sae", 0), 0.0, "hello", max_new_tokens=6)
     assert same.steered == same.unedited
     steered = side_by_side(lens, latent_steer("sae", 0), 30.0, "hello", max_new_tokens=6)
@@ -187,10 +217,10 @@ def test_repetition_rate():
     assert repetition_rate([7, 7]) == 0.0
 
 
-def test_sweep_writes_curve_json_and_plot(lens, tiny_llama, tmp_path):
+def test_sweep_writes_curve_json_and_plot(lens, model, tmp_path):
     from sparselens.steering.sweep import sweep
 
-    family = {tiny_llama.tokenizer.decode([t]) for t in planted_family(tiny_llama)}
+    family = {model.tokenizer.decode([t]) for t in planted_family(model)}
 
     class Scorer:  # concept strength: the share of family characters (MiniLM: tested below)
         def __call__(self, texts, description):

@@ -54,16 +54,19 @@ def _token_losses(logits: Tensor, ids: Tensor) -> Tensor:
 @torch.no_grad()
 def latent_means(lens: Any, name: str, texts: Sequence[str], latents: Sequence[int], *,
                  batch_size: int = 4, max_length: int | None = 128) -> Tensor:
-    """Mean code of each latent over the ordinary tokens of `texts` (for mean ablation)."""
-    total, count = torch.zeros(len(latents)), 0
+    """Mean code ``(n_latents,)`` over the ordinary tokens of `texts`, filled in for `latents`
+    only (zero elsewhere): what mean ablation of those latents needs, one batch at a time."""
+    total, count = torch.zeros(len(latents), dtype=torch.float64), 0
     index = torch.tensor(list(latents))
     for start in range(0, len(texts), batch_size):
         toks = lens.tokenize(list(texts[start:start + batch_size]), max_length=max_length)
-        codes = lens.encode(toks.ids).codes[name].dense().float().cpu()[..., index]
-        valid = toks.attention_mask.bool() & ~toks.special.bool()
-        total += codes[valid].sum(0)
+        codes = lens.encode(toks).codes[name].dense().float().cpu()[..., index]
+        valid = (toks.attention_mask.bool() & ~toks.special.bool()).cpu()
+        total += codes[valid.cpu()].sum(0).double()
         count += int(valid.sum())
-    return total / max(count, 1)
+    means = torch.zeros(lens.dictionaries[name].cfg.n_latents)
+    means[index] = (total / max(count, 1)).float()
+    return means
 
 
 @torch.no_grad()
@@ -88,12 +91,12 @@ def ablation_study(lens: Any, name: str, latents: Sequence[int], texts: Sequence
     for start in range(0, len(texts), batch_size):
         toks = lens.tokenize(list(texts[start:start + batch_size]), max_length=max_length)
         ids = toks.ids
-        ok = toks.attention_mask.bool() & ~toks.special.bool()
+        ok = (toks.attention_mask.bool() & ~toks.special.bool()).cpu()
         counted = (ok[:, :-1] & ok[:, 1:])
-        codes = lens.encode(ids).codes[name].dense().cpu()[..., index]
+        codes = lens.encode(toks).codes[name].dense().cpu()[..., index]
         fired = counted & (codes[:, :-1] != 0).any(-1)
-        clean = _token_losses(lens.forward(ids).logits, ids).cpu().double()
-        ablated = _token_losses(lens.forward(ids, edits=[edit]).logits, ids).cpu().double()
+        clean = _token_losses(lens.forward(toks).logits, ids).cpu().double()
+        ablated = _token_losses(lens.forward(toks, edits=[edit]).logits, ids).cpu().double()
         for row, mask in enumerate((counted, fired)):
             sums[row, 0] += clean[mask].sum()
             sums[row, 1] += ablated[mask].sum()

@@ -56,7 +56,7 @@ def check_prompt_fits(lens: Any, prompt: str, max_new_tokens: int) -> int:
     if max_new_tokens < 1:
         raise SteeringInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     n = int(prompt_ids(lens, prompt).shape[-1])
-    limit = context_length(model_of(lens))
+    limit = context_length(lens)
     if limit is not None and n + max_new_tokens > limit:
         raise SteeringInputError(
             f"the prompt has {n} tokens and {max_new_tokens} new ones are asked for, but the "

@@ -53,7 +53,7 @@ def mean_activation(lens: Any, hookpoint: str, prompts: Sequence[str],
     total = None
     for prompt in prompts:
         toks = lens.tokenize([prompt])
-        acts = capture(model, [site], input_ids=toks.ids.to(device_of(model)))[site][0].float()
+        acts = capture(model, [site], input_ids=toks.ids.to(device_of(lens)))[site][0].float()
         vec = _reduce(acts, toks.special[0], reduce)
         total = vec if total is None else total + vec
     assert total is not None

@@ -46,7 +46,7 @@ def sequence_peaks(lens: Any, name: str, texts: Sequence[str], latents: Sequence
     values, tokens = [], []
     for start in range(0, len(texts), batch_size):
         toks = lens.tokenize(list(texts[start:start + batch_size]), max_length=max_length)
-        enc = lens.encode(toks.ids)
+        enc = lens.encode(toks)
         codes = enc.codes[name].dense().float()[..., index.to(enc.codes[name].values.device)]
         valid = (toks.attention_mask.bool() & ~toks.special.bool()).to(codes.device)
         codes = codes.masked_fill(~valid[..., None], -1.0)

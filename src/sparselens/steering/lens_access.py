@@ -1,4 +1,4 @@
-"""The few things steering reads from a `Lens` beyond its documented calls, in one place."""
+"""The few things steering reads from a `Lens` beyond encode/forward/generate, in one place."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ from torch import Tensor, nn
 
 def model_of(lens: Any) -> nn.Module:
     """The `nn.Module` under the lens (for the logit lens and for capturing dense activations:
-    neither installs an edit)."""
-    model = lens.model
-    return model.model if hasattr(model, "tokenizer") else model
+    neither edits the forward pass)."""
+    return lens.model
 
 
 def tokenizer_of(lens: Any) -> Any:
-    tokenizer = getattr(lens, "tokenizer", None)
-    return tokenizer if tokenizer is not None else lens.model.tokenizer
+    return lens.tokenizer
 
 
 def prompt_ids(lens: Any, text: str) -> Tensor:
@@ -25,21 +23,16 @@ def prompt_ids(lens: Any, text: str) -> Tensor:
     return lens.tokenize([text]).ids
 
 
-def context_length(model: nn.Module) -> int | None:
-    """The longest sequence the model accepts, from its config (None when it does not say)."""
-    config = getattr(model, "config", None)
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+def context_length(lens: Any) -> int | None:
+    """The longest sequence the model accepts (None when its config does not say)."""
+    return lens.context
 
 
-def device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def device_of(lens: Any) -> torch.device:
+    return lens.device
 
 
 def generate(lens: Any, prompt: str, edits: list, max_new_tokens: int) -> tuple[str, Tensor]:
     """Greedy continuation of `prompt` under `edits`: (continuation text, its token ids)."""
     gen = lens.generate(prompt, max_new_tokens=max_new_tokens, edits=edits, do_sample=False)
-    return gen.text, gen.new_ids
+    return gen.texts[0], gen.ids[0, gen.prompt_length:].cpu()
