@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from steering_helpers import planted_dictionary, steerable_llama
 
 from sparselens.cli.main import main
+from steering_helpers import planted_dictionary, steerable_llama
 
 
 @pytest.fixture(scope="module")
