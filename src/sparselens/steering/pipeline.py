@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sparselens.steering.checks import (
     SteeringInputError,
     check_coefficients,
@@ -47,25 +49,49 @@ class SteerSpec:
         return latent, words, self.description or ", ".join(words)
 
 
+RELATIVE_COEFS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0)
+"""Default sweep, in units of the median activation norm at the dictionary's site."""
+
+
+@torch.no_grad()
+def typical_norm(lens: Any, name: str, prompts: Sequence[str]) -> float:
+    """Median norm of dictionary `name`'s input activation over the prompts' ordinary tokens:
+    the scale a steering coefficient is measured against (about 3,300 at gemma-3-270m's
+    resid.6, about 6 in the tiny test model)."""
+    enc = lens.encode(list(prompts), names=[name])
+    acts = enc.activations[name].float()
+    keep = ~enc.tokens.special
+    if not keep.any():
+        raise SteeringInputError("the prompts hold no ordinary tokens")
+    return float(acts[keep].norm(dim=-1).median())
+
+
 def run_side_by_side(lens: Any, spec: SteerSpec, coef: float, prompt: str,
                      max_new_tokens: int) -> SideBySide:
     check_coefficients([coef])
     check_prompt_fits(lens, prompt, max_new_tokens)
     latent, _, _ = spec.resolve(lens)
-    return side_by_side(lens, latent_steer(spec.dictionary, latent), coef, prompt,
-                        max_new_tokens)
+    result = side_by_side(lens, latent_steer(spec.dictionary, latent), coef, prompt,
+                          max_new_tokens)
+    result.site_norm = typical_norm(lens, spec.dictionary, [prompt])
+    return result
 
 
-def run_sweep(lens: Any, spec: SteerSpec, coefs: Sequence[float],
+def run_sweep(lens: Any, spec: SteerSpec, coefs: Sequence[float] | None,
               prompts: Sequence[str] | None, max_new_tokens: int, out: str | Path, *,
               dense: bool = True) -> tuple[SweepResult, tuple[Path, Path]]:
     """Sweep the latent (and the dense mean-difference vector of the concept's contrast prompts
-    at the dictionary's hookpoint); write sweep.json and sweep.png to `out`."""
+    at the dictionary's hookpoint); write sweep.json and sweep.png to `out`. `coefs` None:
+    `RELATIVE_COEFS` times the median activation norm on the prompts."""
     prompts = list(prompts or SWEEP_PROMPTS)
-    check_coefficients(coefs)
+    if coefs is not None:
+        check_coefficients(coefs)
     for prompt in prompts:
         check_prompt_fits(lens, prompt, max_new_tokens)
     latent, words, description = spec.resolve(lens)
+    if coefs is None:
+        norm = typical_norm(lens, spec.dictionary, prompts)
+        coefs = [round(f * norm, 3) for f in RELATIVE_COEFS]
     steers: list[Steer] = [latent_steer(spec.dictionary, latent)]
     if dense:
         hookpoint = dense_hookpoint(lens, spec.dictionary)

@@ -75,9 +75,14 @@ class SideBySide:
     coef: float
     unedited: str
     steered: str
+    site_norm: float | None = None
+    """Median activation norm at the steered site on the prompt (the coefficient's scale)."""
 
     def format(self) -> str:
-        return (f"prompt: {self.prompt!r}\n\n--- unedited ---\n{self.prompt}{self.unedited}\n\n"
+        scale = (f" (median activation norm there: {self.site_norm:.4g})"
+                 if self.site_norm is not None else "")
+        return (f"prompt: {self.prompt!r}{scale}\n\n"
+                f"--- unedited ---\n{self.prompt}{self.unedited}\n\n"
                 f"--- steered ({self.label}, coef {self.coef:g}) ---\n"
                 f"{self.prompt}{self.steered}\n")
 

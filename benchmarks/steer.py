@@ -1,0 +1,186 @@
+"""Steering on the embedded model with a trained SAE: choose a latent by output score, record
+its dose-response on its logit-lens token family, the generation overhead of an active edit,
+an ablation study, and a concept/fluency sweep against the dense mean-difference baseline.
+
+    python benchmarks/steer.py [--sae runs/default/sae] [--candidates 96] [--quick]
+
+Prints tables; writes benchmarks/results/steer.json and steer_sweep.png. Timings depend on
+the machine and its load (no timing is ever a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from sparselens.data.builtin_corpus import document_refs, load_document
+from sparselens.io.atomic import atomic_write_json
+from sparselens.lens import AddLatent, Lens
+from sparselens.steering import (
+    ablation_study,
+    family_probability,
+    latent_steer,
+    mean_difference_vector,
+    output_scores,
+    sweep,
+    vector_steer,
+)
+from sparselens.steering.concepts import SWEEP_PROMPTS, contrast_prompts, latent_words
+from sparselens.steering.output_scores import NEUTRAL_PROMPT
+
+RESULTS = Path(__file__).parent / "results"
+DOSE_PROMPTS = ["From my experience,", "I think that", "The next thing is", "She said that"]
+
+
+def corpus_texts(n: int, chars: int = 300) -> list[str]:
+    """`n` plain-text snippets of the built-in corpus (deterministic)."""
+    texts = []
+    for ref in document_refs():
+        doc = load_document(ref)
+        for start in range(0, len(doc) - chars, chars * 7):
+            snippet = doc[start:start + chars].strip()
+            if len(snippet) > chars // 2:
+                texts.append(snippet)
+        if len(texts) >= n * 4:
+            break
+    random.Random(0).shuffle(texts)
+    return texts[:n]
+
+
+def alive_candidates(lens: Lens, name: str, texts: list[str], n: int) -> list[int]:
+    """`n` random latents among those that fire on `texts`."""
+    fired = torch.zeros(lens.dictionaries[name].cfg.n_latents, dtype=torch.bool)
+    for start in range(0, len(texts), 4):
+        codes = lens.encode(texts[start:start + 4]).codes[name]
+        fired[codes.indices[codes.values > 0].unique().cpu()] = True
+    alive = fired.nonzero().flatten().tolist()
+    return sorted(random.Random(1).sample(alive, min(n, len(alive))))
+
+
+def residual_norm(lens: Lens, name: str, texts: list[str]) -> float:
+    """Median norm of the dictionary's input activation over ordinary tokens."""
+    enc = lens.encode(texts[:4])
+    acts = enc.activations[name].float()
+    return float(acts[~enc.tokens.special].norm(dim=-1).median())
+
+
+def time_generation(lens: Lens, edits: list, tokens: int, repeats: int) -> float:
+    """Best-of-`repeats` seconds per generated token (greedy, `tokens` new tokens)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        gen = lens.generate(NEUTRAL_PROMPT, max_new_tokens=tokens, edits=edits)
+        n = gen.ids.shape[1] - gen.prompt_length
+        best = min(best, (time.perf_counter() - start) / n)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--sae", default="runs/default/sae")
+    parser.add_argument("--candidates", type=int, default=96)
+    parser.add_argument("--quick", action="store_true", help="fewer candidates and prompts")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    quick = args.quick
+    lens = Lens.load(args.model, [args.sae])
+    name = lens.names[0]
+    texts = corpus_texts(16 if quick else 32)
+    record: dict = {"model": args.model, "sae": str(Path(args.sae).resolve()),
+                    "hookpoint": lens.dictionaries[name].cfg.hookpoint,
+                    "n_latents": lens.dictionaries[name].cfg.n_latents,
+                    "threads": torch.get_num_threads(),
+                    "note": "shared machine (up to 8 other agents on 2 cores): timings noisy"}
+
+    # 1. choose a latent by output score
+    candidates = alive_candidates(lens, name, texts, 24 if quick else args.candidates)
+    t0 = time.perf_counter()
+    scores = output_scores(lens, name, candidates, progress=True)
+    scores.sort(key=lambda s: s.score, reverse=True)
+    record["output_scores"] = {
+        "n_candidates": len(candidates), "seconds": time.perf_counter() - t0,
+        "top": [{"latent": s.latent, "score": s.score, "rank_score": s.rank_score,
+                 "top_probability": s.top_probability,
+                 "tokens": latent_words(lens, name, s.latent, 8)} for s in scores[:10]],
+        "median_score": statistics.median(s.score for s in scores)}
+    print(f"\noutput scores of {len(candidates)} alive latents (top 5):")
+    for s in scores[:5]:
+        print(f"  latent {s.latent:6d}  score {s.score:.3f}  rank {s.rank_score:.4f}  "
+              f"p {s.top_probability:.3f}  {latent_words(lens, name, s.latent, 6)}")
+    best = scores[0]
+
+    # 2. dose-response on the chosen latent's logit-lens family
+    norm = residual_norm(lens, name, texts)
+    fractions = [0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0]
+    coefs = [f * norm for f in fractions]
+    probs = family_probability(lens, latent_steer(name, best.latent), coefs, DOSE_PROMPTS,
+                               best.tokens)
+    increasing = [b > a for a, b in zip(probs, probs[1:])]
+    monotone_to = next((i for i, ok in enumerate(increasing) if not ok), len(increasing))
+    record["dose_response"] = {"latent": best.latent, "family": best.tokens,
+                               "median_residual_norm": norm, "coef_over_norm": fractions,
+                               "coefs": coefs, "family_probability": probs,
+                               "monotonic_up_to_coef": coefs[monotone_to]}
+    print(f"\ndose-response of latent {best.latent} (median residual norm {norm:.1f}):")
+    for f, c, p in zip(fractions, coefs, probs):
+        print(f"  coef {c:8.1f} ({f:5.3f} x norm)  family probability {p:.4f}")
+
+    # 3. generation overhead of an active edit
+    tokens, repeats = (16, 2) if quick else (32, 3)
+    edit = [AddLatent(name, latent=best.latent, coef=norm * 0.5)]
+    time_generation(lens, [], 4, 1)  # warm-up
+    plain = time_generation(lens, [], tokens, repeats)
+    edited = time_generation(lens, edit, tokens, repeats)
+    record["generation_overhead"] = {"new_tokens": tokens, "repeats": repeats,
+                                     "ms_per_token_unedited": plain * 1e3,
+                                     "ms_per_token_edited": edited * 1e3,
+                                     "overhead": edited / plain - 1}
+    print(f"\ngeneration: unedited {plain * 1e3:.1f} ms/token, with AddLatent "
+          f"{edited * 1e3:.1f} ms/token ({100 * (edited / plain - 1):+.1f}%)")
+
+    # 4. ablation study of the chosen latent and the next four
+    ablated = [s.latent for s in scores[:5]]
+    result = ablation_study(lens, name, ablated, texts[:8 if quick else 16], batch_size=4,
+                            max_length=96)
+    record["ablation"] = result.to_dict()
+    print(f"\nablating latents {ablated}: loss {result.overall.loss_clean:.4f} -> "
+          f"{result.overall.loss_ablated:.4f} overall ({result.overall.n_predictions} "
+          f"predictions), {result.where_fired.loss_clean:.4f} -> "
+          f"{result.where_fired.loss_ablated:.4f} where they fired "
+          f"({result.where_fired.n_predictions})")
+
+    # 5. concept / fluency sweep: the latent against the dense mean-difference vector
+    words = latent_words(lens, name, best.latent, 5)
+    hookpoint = lens.dictionaries[name].cfg.hookpoint
+    positive, negative = contrast_prompts(words)
+    vector = mean_difference_vector(lens, hookpoint, positive, negative)
+    prompts = list(SWEEP_PROMPTS[:2 if quick else 4])
+    result_sweep = sweep(lens, [latent_steer(name, best.latent),
+                                vector_steer(hookpoint, vector, label="dense mean-diff")],
+                         [f * norm for f in (0.0, 0.25, 0.5, 1.0, 2.0)], prompts,
+                         ", ".join(words), max_new_tokens=16 if quick else 24)
+    json_path, png_path = result_sweep.write(RESULTS / "steer_sweep")
+    record["sweep"] = {"concept": result_sweep.concept, "json": str(json_path),
+                       "plot": str(png_path),
+                       "curves": {c.label: [{"coef": p.coef, "concept": p.concept_similarity,
+                                             "perplexity": p.perplexity,
+                                             "repetition": p.repetition} for p in c.points]
+                                  for c in result_sweep.curves}}
+    print(f"\nsweep, concept {result_sweep.concept!r}:")
+    for curve in result_sweep.curves:
+        for p in curve.points:
+            print(f"  {curve.label:>16s} coef {p.coef:8.1f}  concept {p.concept_similarity:.3f}"
+                  f"  perplexity {p.perplexity:9.2f}  repetition {p.repetition:.2f}")
+    out = RESULTS / ("steer_quick.json" if quick else "steer.json")
+    atomic_write_json(out, record)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
