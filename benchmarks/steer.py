@@ -115,25 +115,28 @@ def main() -> None:
               f"p {s.top_probability:.3f}  {latent_words(lens, name, s.latent, 6)}")
     best = scores[0]
 
-    # 2. dose-response on the chosen latent's logit-lens family
+    # 2. dose-response of the top three latents on their logit-lens families
     norm = residual_norm(lens, name, texts)
-    fractions = [0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0]
+    fractions = [0.0] + [2.0 ** e for e in range(-9, -1)]
     coefs = [f * norm for f in fractions]
-    probs = family_probability(lens, latent_steer(name, best.latent), coefs, DOSE_PROMPTS,
-                               best.tokens)
-    increasing = [b > a for a, b in zip(probs, probs[1:])]
-    monotone_to = next((i for i, ok in enumerate(increasing) if not ok), len(increasing))
-    record["dose_response"] = {"latent": best.latent, "family": best.tokens,
-                               "median_residual_norm": norm, "coef_over_norm": fractions,
-                               "coefs": coefs, "family_probability": probs,
-                               "monotonic_up_to_coef": coefs[monotone_to]}
-    print(f"\ndose-response of latent {best.latent} (median residual norm {norm:.1f}):")
-    for f, c, p in zip(fractions, coefs, probs):
-        print(f"  coef {c:8.1f} ({f:5.3f} x norm)  family probability {p:.4f}")
+    record["dose_response"] = {"median_residual_norm": norm, "coef_over_norm": fractions,
+                               "coefs": coefs, "latents": []}
+    print(f"\ndose-response (median residual norm {norm:.1f}); family probability at coef:")
+    print("  latent  " + " ".join(f"{c:8.1f}" for c in coefs))
+    for score in scores[:3]:
+        probs = family_probability(lens, latent_steer(name, score.latent), coefs,
+                                   DOSE_PROMPTS, score.tokens)
+        increasing = [b > a for a, b in zip(probs, probs[1:])]
+        monotone_to = next((i for i, ok in enumerate(increasing) if not ok), len(increasing))
+        record["dose_response"]["latents"].append(
+            {"latent": score.latent, "family": score.tokens, "family_probability": probs,
+             "strictly_increasing_up_to_coef": coefs[monotone_to]})
+        print(f"  {score.latent:6d}  " + " ".join(f"{p:8.4f}" for p in probs)
+              + f"   increasing up to {coefs[monotone_to]:.1f}")
 
     # 3. generation overhead of an active edit
     tokens, repeats = (16, 2) if quick else (32, 3)
-    edit = [AddLatent(name, latent=best.latent, coef=norm * 0.5)]
+    edit = [AddLatent(name, latent=best.latent, coef=norm / 16)]
     time_generation(lens, [], 4, 1)  # warm-up
     plain = time_generation(lens, [], tokens, repeats)
     edited = time_generation(lens, edit, tokens, repeats)
@@ -163,7 +166,7 @@ def main() -> None:
     prompts = list(SWEEP_PROMPTS[:2 if quick else 4])
     result_sweep = sweep(lens, [latent_steer(name, best.latent),
                                 vector_steer(hookpoint, vector, label="dense mean-diff")],
-                         [f * norm for f in (0.0, 0.25, 0.5, 1.0, 2.0)], prompts,
+                         [f * norm for f in (0.0, 1 / 32, 1 / 16, 1 / 8, 1 / 4)], prompts,
                          ", ".join(words), max_new_tokens=16 if quick else 24)
     json_path, png_path = result_sweep.write(RESULTS / "steer_sweep")
     record["sweep"] = {"concept": result_sweep.concept, "json": str(json_path),

@@ -49,7 +49,7 @@ class SteerSpec:
         return latent, words, self.description or ", ".join(words)
 
 
-RELATIVE_COEFS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0)
+RELATIVE_COEFS = (0.0, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
 """Default sweep, in units of the median activation norm at the dictionary's site."""
 
 

@@ -25,7 +25,8 @@ class Config:
     coef: float = 8.0
     """Steering coefficient: the latent's decoder row (unit norm) is added times this. Compare it
     with the activation norm at the site, printed with the result (about 3,300 at
-    gemma-3-270m's resid.6: effects start near a quarter of it)."""
+    gemma-3-270m's resid.6, most of it in a few massive dimensions: strong latents saturate
+    the next token near an eighth of it)."""
     prompt: str = "From my experience,"
     """Prompt to continue."""
     max_new_tokens: int = 40
@@ -39,7 +40,7 @@ class Config:
     """Sweep --coefs for the latent and the dense baseline; writes sweep.json and sweep.png."""
     coefs: list[float] | None = None
     """Coefficients of the sweep (both steers share them: the dense vector is unit norm); None:
-    0, 1/8, 1/4, 1/2, 1 and 2 times the median activation norm at the site."""
+    0, 1/32, 1/16, 1/8, 1/4 and 1/2 times the median activation norm at the site."""
     sweep_prompts: list[str] = field(default_factory=list)
     """Prompts the sweep continues; default: five neutral prompts."""
     dense: bool = True
