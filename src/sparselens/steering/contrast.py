@@ -7,7 +7,8 @@
   hookpoint, read at the last token (as the `steering-vectors` package does by default) or
   averaged over every token. It is the dense baseline a SAE latent is compared with.
 
-Each prompt is run on its own, so padding never shifts a "last token"; special tokens (BOS)
+Activations are read with `Lens.capture` (a forward that stops after the hookpoint). Each
+prompt is run on its own, so padding never shifts a "last token"; special tokens (BOS)
 never count in an "all tokens" mean.
 """
 
@@ -19,9 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sparselens.models.hookpoints import capture, resolve
 from sparselens.steering.checks import SteeringInputError, check_dictionary, check_hookpoint
-from sparselens.steering.lens_access import device_of, model_of
 
 Reduce = Literal["last", "all"]
 
@@ -48,12 +47,10 @@ def mean_activation(lens: Any, hookpoint: str, prompts: Sequence[str],
                     reduce: Reduce = "last") -> Tensor:
     """Mean activation ``(d,)`` over `prompts` at `hookpoint` (float32)."""
     check_hookpoint(lens, hookpoint)
-    model = model_of(lens)
-    (site,) = resolve(model, hookpoint)
     total = None
     for prompt in prompts:
         toks = lens.tokenize([prompt])
-        acts = capture(model, [site], input_ids=toks.ids.to(device_of(lens)))[site][0].float()
+        acts = lens.capture(toks, [hookpoint])[hookpoint][0].float()
         vec = _reduce(acts, toks.special[0], reduce)
         total = vec if total is None else total + vec
     assert total is not None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 
@@ -26,10 +25,6 @@ def prompt_ids(lens: Any, text: str) -> Tensor:
 def context_length(lens: Any) -> int | None:
     """The longest sequence the model accepts (None when its config does not say)."""
     return lens.context
-
-
-def device_of(lens: Any) -> torch.device:
-    return lens.device
 
 
 def generate(lens: Any, prompt: str, edits: list, max_new_tokens: int) -> tuple[str, Tensor]:
