@@ -247,3 +247,11 @@ def test_minilm_similarity_prefers_the_concept():
     sims = ConceptSimilarity()(["My puppy barks at other dogs in the park.",
                                 "The tax code was amended by parliament."], "dogs")
     assert sims[0] > sims[1] + 0.2
+
+
+def test_corpus_texts_longer_than_max_length_are_cut_not_refused(lens):
+    long_texts = [t * 3 for t in TEXTS[:2]]
+    result = ablation_study(lens, "sae", [0], long_texts, max_length=12)
+    assert result.overall.n_predictions == 2 * 11   # 12 tokens each: 11 predictions
+    scores = input_scores(lens, "sae", long_texts, [0], max_length=12, min_examples=1)
+    assert scores[0].n_examples == 2

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from sparselens.steering.checks import SteeringInputError, check_latents
+from sparselens.steering.lens_access import truncated_tokens
 
 
 @dataclass
@@ -59,7 +60,7 @@ def latent_means(lens: Any, name: str, texts: Sequence[str], latents: Sequence[i
     total, count = torch.zeros(len(latents), dtype=torch.float64), 0
     index = torch.tensor(list(latents))
     for start in range(0, len(texts), batch_size):
-        toks = lens.tokenize(list(texts[start:start + batch_size]), max_length=max_length)
+        toks = truncated_tokens(lens, texts[start:start + batch_size], max_length)
         codes = lens.encode(toks).codes[name].dense().float().cpu()[..., index]
         valid = (toks.attention_mask.bool() & ~toks.special.bool()).cpu()
         total += codes[valid.cpu()].sum(0).double()
@@ -89,7 +90,7 @@ def ablation_study(lens: Any, name: str, latents: Sequence[int], texts: Sequence
     counts = [0, 0]
     index = torch.tensor(latents)
     for start in range(0, len(texts), batch_size):
-        toks = lens.tokenize(list(texts[start:start + batch_size]), max_length=max_length)
+        toks = truncated_tokens(lens, texts[start:start + batch_size], max_length)
         ids = toks.ids
         ok = (toks.attention_mask.bool() & ~toks.special.bool()).cpu()
         counted = (ok[:, :-1] & ok[:, 1:])

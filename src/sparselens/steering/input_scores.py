@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from sparselens.steering.checks import check_latents
-from sparselens.steering.lens_access import model_of
+from sparselens.steering.lens_access import model_of, truncated_tokens
 from sparselens.steering.logit_lens import logit_lens_top_tokens
 from sparselens.steering.output_scores import LOGIT_LENS_K
 
@@ -45,7 +45,7 @@ def sequence_peaks(lens: Any, name: str, texts: Sequence[str], latents: Sequence
     index = torch.tensor(list(latents), dtype=torch.long)
     values, tokens = [], []
     for start in range(0, len(texts), batch_size):
-        toks = lens.tokenize(list(texts[start:start + batch_size]), max_length=max_length)
+        toks = truncated_tokens(lens, texts[start:start + batch_size], max_length)
         enc = lens.encode(toks)
         codes = enc.codes[name].dense().float()[..., index.to(enc.codes[name].values.device)]
         valid = (toks.attention_mask.bool() & ~toks.special.bool()).to(codes.device)
