@@ -1,5 +1,6 @@
 """Steering on the embedded gemma-3-270m (slow): a latent whose decoder row is a token's
-unembedding direction raises that token's probability monotonically over a range, and bad
+unembedding direction raises that token's probability monotonically over a range (not
+beyond: far out the model's later layers turn it into something else), and bad
 input fails before generation."""
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ def lens(gemma):
 
 def test_a_token_direction_raises_its_probability_monotonically(lens):
     lens, dog = lens
-    probs = family_probability(lens, latent_steer("sae", 0), [0, 50, 100, 200, 400],
+    # measured: 0.037, 0.065, 0.101, 0.138 at 0..200, then 0.004 at 400 (the residual at
+    # resid.6 has a median norm of ~3,200, mostly in a few massive dimensions)
+    probs = family_probability(lens, latent_steer("sae", 0), [0, 50, 100, 200],
                                ["I took my"], [dog])
     assert all(b > a for a, b in zip(probs, probs[1:])), probs
-    assert probs[-1] > 10 * probs[0]
+    assert probs[-1] > 3 * probs[0]
 
 
 def test_bad_input_fails_before_generation(lens, monkeypatch):
