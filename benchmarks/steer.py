@@ -1,6 +1,7 @@
 """Steering on the embedded model with a trained SAE: choose a latent by output score, record
 its dose-response on its logit-lens token family, the generation overhead of an active edit,
-an ablation study, and a concept/fluency sweep against the dense mean-difference baseline.
+an ablation study, and a concept/fluency sweep (a concept given as words: latent chosen by
+contrast prompts and output score) against the dense mean-difference baseline.
 
     python benchmarks/steer.py [--sae runs/default/sae] [--candidates 96] [--quick]
 
@@ -30,7 +31,12 @@ from sparselens.steering import (
     sweep,
     vector_steer,
 )
-from sparselens.steering.concepts import SWEEP_PROMPTS, contrast_prompts, latent_words
+from sparselens.steering.concepts import (
+    SWEEP_PROMPTS,
+    contrast_prompts,
+    latent_words,
+    latents_for_concept,
+)
 from sparselens.steering.output_scores import NEUTRAL_PROMPT
 
 RESULTS = Path(__file__).parent / "results"
@@ -92,6 +98,10 @@ def main() -> None:
     parser.add_argument("--sae", default="runs/default/sae")
     parser.add_argument("--candidates", type=int, default=96)
     parser.add_argument("--quick", action="store_true", help="fewer candidates and prompts")
+    parser.add_argument("--concept", nargs="+", default=["dog", "dogs", "puppy"],
+                        help="concept words for the sweep")
+    parser.add_argument("--description", default="dogs and puppies",
+                        help="concept description the generations are scored against")
     args = parser.parse_args()
     torch.manual_seed(0)
     quick = args.quick
@@ -170,28 +180,42 @@ def main() -> None:
           f"{result.where_fired.loss_ablated:.4f} where they fired "
           f"({result.where_fired.n_predictions})")
 
-    # 5. concept / fluency sweep: the latent against the dense mean-difference vector
-    words = latent_words(lens, name, best.latent, 5)
+    # 5. concept / fluency sweep for a concept given as words: the latent chosen by contrast
+    # prompts then output score, against the dense mean-difference vector of the same prompts
+    ranked = latents_for_concept(lens, name, args.concept)
+    record["concept_latents"] = [{"latent": r.latent, "code_difference": r.code_difference,
+                                  "output_score": r.output_score,
+                                  "tokens": latent_words(lens, name, r.latent, 8)}
+                                 for r in ranked]
+    print(f"\nlatents for {args.concept} (contrast, re-ranked by output score):")
+    for r in ranked[:5]:
+        print(f"  latent {r.latent:6d}  difference {r.code_difference:8.2f}  output score "
+              f"{r.output_score:.3f}  {latent_words(lens, name, r.latent, 6)}")
+    chosen = ranked[0].latent
     hookpoint = lens.dictionaries[name].cfg.hookpoint
-    positive, negative = contrast_prompts(words)
+    positive, negative = contrast_prompts(args.concept)
     vector = mean_difference_vector(lens, hookpoint, positive, negative)
-    prompts = list(SWEEP_PROMPTS[:2 if quick else 4])
-    result_sweep = sweep(lens, [latent_steer(name, best.latent),
+    prompts = list(SWEEP_PROMPTS[:2 if quick else 3])
+    fractions = (0.0, 1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8)
+    result_sweep = sweep(lens, [latent_steer(name, chosen),
                                 vector_steer(hookpoint, vector, label="dense mean-diff")],
-                         [f * norm for f in (0.0, 1 / 32, 1 / 16, 1 / 8, 1 / 4)], prompts,
-                         ", ".join(words), max_new_tokens=16 if quick else 24)
+                         [f * norm for f in fractions], prompts, args.description,
+                         max_new_tokens=16 if quick else 24)
     json_path, png_path = result_sweep.write(RESULTS / "steer_sweep")
-    record["sweep"] = {"concept": result_sweep.concept, "json": str(json_path),
-                       "plot": str(png_path),
+    record["sweep"] = {"concept": result_sweep.concept, "words": args.concept,
+                       "latent": chosen, "json": str(json_path), "plot": str(png_path),
                        "curves": {c.label: [{"coef": p.coef, "concept": p.concept_similarity,
                                              "perplexity": p.perplexity,
-                                             "repetition": p.repetition} for p in c.points]
+                                             "repetition": p.repetition,
+                                             "first_generation": p.generations[0]}
+                                            for p in c.points]
                                   for c in result_sweep.curves}}
     print(f"\nsweep, concept {result_sweep.concept!r}:")
     for curve in result_sweep.curves:
         for p in curve.points:
             print(f"  {curve.label:>16s} coef {p.coef:8.1f}  concept {p.concept_similarity:.3f}"
-                  f"  perplexity {p.perplexity:9.2f}  repetition {p.repetition:.2f}")
+                  f"  perplexity {p.perplexity:9.2f}  repetition {p.repetition:.2f}"
+                  f"  | {p.generations[0][:60]!r}")
     out = RESULTS / ("steer_quick.json" if quick else "steer.json")
     atomic_write_json(out, record)
     print(f"\nwrote {out}")

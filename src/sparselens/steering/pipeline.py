@@ -49,7 +49,7 @@ class SteerSpec:
         return latent, words, self.description or ", ".join(words)
 
 
-RELATIVE_COEFS = (0.0, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
+RELATIVE_COEFS = (0.0, 1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8)
 """Default sweep, in units of the median activation norm at the dictionary's site."""
 
 

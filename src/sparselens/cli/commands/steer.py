@@ -40,7 +40,7 @@ class Config:
     """Sweep --coefs for the latent and the dense baseline; writes sweep.json and sweep.png."""
     coefs: list[float] | None = None
     """Coefficients of the sweep (both steers share them: the dense vector is unit norm); None:
-    0, 1/32, 1/16, 1/8, 1/4 and 1/2 times the median activation norm at the site."""
+    0, 1/128, 1/64, 1/32, 1/16 and 1/8 of the median activation norm at the site."""
     sweep_prompts: list[str] = field(default_factory=list)
     """Prompts the sweep continues; default: five neutral prompts."""
     dense: bool = True
