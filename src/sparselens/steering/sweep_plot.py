@@ -27,7 +27,7 @@ def plot_sweep(result: SweepResult, path: str | Path) -> None:
         left.plot(coefs, sims, marker="o", label=curve.label)
         (line,) = right.plot(ppls, sims, marker="o", label=curve.label)
         for coef, ppl, sim in zip(coefs, ppls, sims):
-            right.annotate(f"{coef:g}", (ppl, sim), fontsize=7, color=line.get_color(),
+            right.annotate(f"{coef:.3g}", (ppl, sim), fontsize=7, color=line.get_color(),
                            xytext=(3, 3), textcoords="offset points")
     left.set_xlabel("steering coefficient")
     left.set_ylabel("concept similarity (MiniLM cosine)")
