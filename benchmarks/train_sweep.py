@@ -38,6 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparselens.cli.commands import train as train_cmd  # noqa: E402
 from sparselens.data.cache import ActivationCache  # noqa: E402
+from sparselens.data.factory import training_data  # noqa: E402
+from sparselens.data.sites import Sites  # noqa: E402
 from sparselens.io.atomic import atomic_write_json, read_json  # noqa: E402
 from sparselens.training.config import LogConfig, TrainConfig  # noqa: E402
 from sparselens.training.device_batch import DeviceBatch  # noqa: E402
@@ -75,8 +77,8 @@ def together(options: train_cmd.Config, out: Path) -> tuple[float, float]:
 def data_pass(options: train_cmd.Config) -> float:
     """Seconds for one bare pass over the batches a run reads: read, shuffle, cast."""
     cfg = train_cmd.train_config(options)
-    cfg.hookpoint = cfg.hookpoint and ActivationCache.open(options.cache).resolve(cfg.hookpoint)
-    batches = train_cmd.cache_data(ActivationCache.open(options.cache), cfg)(0)
+    cache = ActivationCache.open(options.cache)
+    batches = training_data(cache, Sites.from_cache(cache, cfg), cfg.batch_size, cfg.seed)(0)
     start = time.perf_counter()
     for _ in range(cfg.total_steps):
         batch = DeviceBatch(next(batches), torch.device("cpu"))

@@ -228,12 +228,14 @@ def test_autocast_none_is_float32_on_the_command_line(two_site_cache: Path,
 
 def test_batches_reach_the_device_in_their_stored_dtype_and_are_cast_once(
         two_site_cache: Path) -> None:
-    from sparselens.cli.commands.train import cache_data
     from sparselens.data.cache import ActivationCache
+    from sparselens.data.factory import training_data
+    from sparselens.data.sites import Sites
     from sparselens.training.device_batch import DeviceBatch
 
+    cache = ActivationCache.open(two_site_cache)
     cfg = config(hookpoint="resid.1", batch_size=64, n_tokens=640)
-    batch = next(cache_data(ActivationCache.open(two_site_cache), cfg)(0))
+    batch = next(training_data(cache, Sites.from_cache(cache, cfg), 64)(0))
     assert batch.acts["resid.1"].dtype == torch.bfloat16  # no float32 copy on the host
     shared = DeviceBatch(batch, torch.device("cpu"))
     x = shared.acts("resid.1", torch.float32)
