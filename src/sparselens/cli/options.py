@@ -93,9 +93,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
             kwargs["type"] = str
         if f.metadata.get("positional"):
             # Positional: optional on the command line, so the field default still applies.
+            # A list takes any number of values (``serve SAE [SAE ...]``).
             kwargs.pop("dest")
-            parser.add_argument(name, nargs="?", **{k: v for k, v in kwargs.items()
-                                                    if k not in ("nargs", "const")})
+            nargs = "*" if kwargs.get("nargs") == "+" else "?"
+            parser.add_argument(name, nargs=nargs, **{k: v for k, v in kwargs.items()
+                                                      if k not in ("nargs", "const")})
             continue
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
 

@@ -1,0 +1,64 @@
+"""``sparselens serve SAE [SAE ...] [--model NAME]``: the feature viewer in a browser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sparselens.cli.options import positional
+
+NAME = "serve"
+HELP = ("Serve a feature viewer for one or more dictionaries on this machine: overview, "
+        "feature pages with examples and logit lens, search, and (with --model) text and "
+        "steering playgrounds. Binds 127.0.0.1 unless --host says otherwise.")
+
+
+@dataclass
+class Config:
+    dictionaries: tuple[str, ...] = positional(())
+    """Dictionary folders to serve (native, or any format `convert` reads)."""
+    model: str | None = None
+    """Model for the playgrounds and the logit lens (embedded name or local folder); None:
+    no model (pages from the stored examples only). 'auto': the model the first dictionary
+    names in its config."""
+    cache: str | None = None
+    """Activation cache the example stores were collected from, to build the viewer index on
+    first use; None: the run's cache/ folder next to the dictionary, if there is one."""
+    examples: tuple[str, ...] | None = None
+    """Folders holding each dictionary's examples.safetensors (one per dictionary); None:
+    look in the dictionary folder, its report/ and the run's report/."""
+    host: str = "127.0.0.1"
+    """Address to bind. Anything but a loopback address exposes the viewer (and the model)
+    to the network without authentication; a warning says so."""
+    port: int = 8000
+    """TCP port."""
+    dtype: str = "float32"
+    """Dtype the model runs in."""
+    device: str = "cpu"
+    """Device for the model and dictionaries."""
+
+
+def run(cfg: Config) -> int:
+    from sparselens.server.launch import build_app, open_stores, run_server
+
+    if not cfg.dictionaries:
+        raise ValueError("give the dictionary folders to serve: sparselens serve SAE [SAE ...]")
+    if not 0 < cfg.port < 65536:
+        raise ValueError(f"--port must be from 1 to 65535, got {cfg.port}")
+    model = None
+    if cfg.model is not None:
+        from sparselens.models.source import load_model
+
+        name = cfg.model
+        if name == "auto":
+            from sparselens.io.detect import load_any
+
+            name = load_any(cfg.dictionaries[0]).cfg.model
+            if not name:
+                raise ValueError(f"{cfg.dictionaries[0]} does not name its model; pass --model")
+        print(f"loading {name} ...")
+        model = load_model(name, dtype=cfg.dtype, device=cfg.device)
+    stores = open_stores(cfg.dictionaries, cache=cfg.cache, examples=cfg.examples,
+                         tokenizer=model.tokenizer if model is not None else None,
+                         model_name=model.name if model is not None else None)
+    run_server(build_app(stores, model, host=cfg.host), host=cfg.host, port=cfg.port)
+    return 0
