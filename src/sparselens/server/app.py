@@ -187,9 +187,8 @@ class Viewer:
         store = self.store(str(body.get("dictionary", "")))
         latent = checks.int_field(body, "latent", 0, store.n_latents - 1)
         runner = self.need_runner()
-        result = await run_in_threadpool(runner.playground, text, store.name, latent,
-                                         lim.max_tokens)
-        return JSONResponse(result)
+        return JSONResponse(await _model_call(runner.playground, text, store.name, latent,
+                                              lim.max_tokens))
 
     async def steer(self, request: Request) -> Response:
         body = await self._body(request)
@@ -208,7 +207,16 @@ class Viewer:
                                    checks.int_field(item, "latent", 0, store.n_latents - 1),
                                    checks.number_field(item, "coef", lim.max_abs_coef)))
         runner = self.need_runner()
-        return JSONResponse(await run_in_threadpool(runner.steer, prompt, edits, new_tokens))
+        return JSONResponse(await _model_call(runner.steer, prompt, edits, new_tokens))
+
+
+async def _model_call(function: Any, *args: Any) -> Any:
+    """Run a model request in the thread pool; its ValueErrors (too long, out of range) are
+    the request's fault and answer 400 with their message."""
+    try:
+        return await run_in_threadpool(function, *args)
+    except ValueError as err:
+        raise BadRequest(str(err)) from None
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

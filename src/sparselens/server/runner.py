@@ -39,6 +39,12 @@ def _lens_module() -> Any:
     return lens if hasattr(lens, "Lens") else None
 
 
+def _check_length(n_tokens: int, max_tokens: int) -> None:
+    if n_tokens > max_tokens:
+        raise ValueError(f"the text is {n_tokens} tokens long; this server takes at most "
+                         f"{max_tokens}")
+
+
 class ModelRunner:
     """A loaded model with the served dictionaries attached (built on first use)."""
 
@@ -67,14 +73,31 @@ class ModelRunner:
                                                                             torch.Tensor]:
         """(token ids, special flags, dense codes ``(L, n_latents)``) of `text`."""
         with self._lock:
+            if _lens_module() is None:
+                return self._encode_without_lens(text, dictionary, max_tokens)
             lens = self._get_lens()
             tokens = lens.tokenize([text])
-            if tokens.ids.shape[1] > max_tokens:
-                raise ValueError(f"the text is {tokens.ids.shape[1]} tokens long; this server "
-                                 f"takes at most {max_tokens}")
+            _check_length(tokens.ids.shape[1], max_tokens)
             encoding = lens.encode(tokens, names=[dictionary])
             codes = encoding.codes[dictionary].dense().reshape(tokens.ids.shape[1], -1)
         return tokens.ids[0].tolist(), tokens.special[0].tolist(), codes.float().cpu()
+
+    def _encode_without_lens(self, text: str, dictionary: str, max_tokens: int
+                             ) -> tuple[list[int], list[bool], torch.Tensor]:
+        """The same codes through `models.hookpoints.capture`, for versions without the
+        feature API (special tokens get zero codes, as `Lens.encode` gives them)."""
+        from sparselens.models.hookpoints import capture, resolve
+
+        ids = self.loaded.tokenizer(text, return_tensors="pt").input_ids
+        _check_length(ids.shape[1], max_tokens)
+        module = self.stores[dictionary].module()
+        site = resolve(self.loaded.model, module.cfg.hookpoint)[0]
+        acts = capture(self.loaded.model, [site], input_ids=ids.to(self.loaded.device))[site]
+        codes = module.encode(acts[0].to(next(module.parameters()).dtype)).float().cpu()
+        specials = set(getattr(self.loaded.tokenizer, "all_special_ids", None) or [])
+        special = [int(i) in specials for i in ids[0].tolist()]
+        codes[torch.tensor(special, dtype=torch.bool)] = 0
+        return ids[0].tolist(), special, codes
 
     def playground(self, text: str, dictionary: str, latent: int | None, max_tokens: int,
                    top_k: int = 8) -> dict[str, Any]:

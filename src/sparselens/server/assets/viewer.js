@@ -7,7 +7,7 @@
  *   #/playground?d=..&f=..&text=..  text playground
  *   #/steer?d=..&f=..&coef=..&prompt=..  steering playground
  * Text from the server (tokens, explanations, names) only ever goes into textContent or SVG
- * text nodes, never into innerHTML, so a token "<script>" shows as those characters.
+ * text nodes, never parsed as HTML, so a token "<script>" shows as those characters.
  * No external script, font or stylesheet: the page works offline.
  */
 "use strict";
