@@ -131,7 +131,6 @@ def measure_playground(n_latents: int, repeats: int = 5) -> dict[str, Any]:
         client = TestClient(build_app(stores, model))
         ids = torch.randint(1000, 200_000, (400,), generator=torch.Generator().manual_seed(0))
         text = model.tokenizer.decode(ids)
-        n_text = len(model.tokenizer(text).input_ids)
         ids = model.tokenizer(text, add_special_tokens=False).input_ids[:127]
         text = model.tokenizer.decode(ids)
         n_text = len(model.tokenizer(text).input_ids)
@@ -197,7 +196,8 @@ def main() -> None:
         playground = measure_playground(16384)
         print(f"playground: {playground['request_tokens']} tokens, median "
               f"{playground['median_ms']:.0f} ms (min {playground['min_ms']:.0f}) via "
-              f"{playground['path']}; steering 2x16 tokens {playground['steer_16_tokens_twice_ms']}")
+              f"{playground['path']}; steering (2 x 16 tokens) "
+              f"{playground['steer_16_tokens_twice_ms']} ms")
     result = {"sizes": rows, "playground": playground, "load_average": os.getloadavg(),
               "cpu_count": os.cpu_count(), "note": "2 shared cores; other agents were running"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
