@@ -241,13 +241,17 @@ def test_playground_codes_are_the_dictionary_codes_of_the_model_run(client, run,
     position = int(codes.count_nonzero(1).argmax())
     fired = data["firing"][position]
     assert [f["latent"] for f in fired] == codes[position].topk(len(fired)).indices.tolist()
-    long = {"text": "word " * 300, "dictionary": "run_b-sae", "latent": 4}
-    response = client.post("/api/playground", json=long)
-    assert response.status_code == 400 and "at most 256" in response.json()["error"]
+    short = starlette_testclient.TestClient(build_app(stores, run.model,
+                                                      limits=Limits(max_tokens=16)))
+    long = {"text": "word " * 5, "dictionary": "run_b-sae", "latent": 4}
+    response = short.post("/api/playground", json=long)
+    assert response.status_code == 400 and "at most 16" in response.json()["error"]
+    beyond_context = {"text": "word " * 30, "dictionary": "run_b-sae", "latent": 4}
+    response = client.post("/api/playground", json=beyond_context)
+    assert response.status_code == 400 and "context" in response.json()["error"]
 
 
 def test_steering_generates_side_by_side(client):
-    pytest.importorskip("sparselens.lens")
     body = {"prompt": "The cat", "max_new_tokens": 5,
             "edits": [{"dictionary": "run_a-sae", "latent": 2, "coef": 50.0}]}
     data = client.post("/api/steer", json=body).json()

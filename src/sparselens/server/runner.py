@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sparselens.interpretation.token_text import token_texts
+from sparselens.lens import AddLatent, Lens
 from sparselens.models.source import LoadedModel
 from sparselens.server.store import DictionaryStore
 
@@ -31,14 +32,6 @@ class SteerEdit:
     coef: float
 
 
-def _lens_module() -> Any:
-    try:
-        import sparselens.lens as lens
-    except ImportError:  # the feature API is not in this version
-        return None
-    return lens if hasattr(lens, "Lens") else None
-
-
 def _check_length(n_tokens: int, max_tokens: int) -> None:
     if n_tokens > max_tokens:
         raise ValueError(f"the text is {n_tokens} tokens long; this server takes at most "
@@ -51,19 +44,16 @@ class ModelRunner:
     def __init__(self, loaded: LoadedModel, stores: Sequence[DictionaryStore]) -> None:
         self.loaded = loaded
         self.stores = {s.name: s for s in stores}
-        self._lens: Any = None
+        self._lens: Lens | None = None
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.loaded.name
 
-    def _get_lens(self) -> Any:
+    def _get_lens(self) -> Lens:
         if self._lens is None:
-            lens = _lens_module()
-            if lens is None:
-                raise Unavailable("this sparselens has no feature API (sparselens.lens)")
-            self._lens = lens.Lens(self.loaded, {n: s.module() for n, s in self.stores.items()})
+            self._lens = Lens(self.loaded, {n: s.module() for n, s in self.stores.items()})
         return self._lens
 
     # ---- text playground ----
@@ -73,31 +63,12 @@ class ModelRunner:
                                                                             torch.Tensor]:
         """(token ids, special flags, dense codes ``(L, n_latents)``) of `text`."""
         with self._lock:
-            if _lens_module() is None:
-                return self._encode_without_lens(text, dictionary, max_tokens)
             lens = self._get_lens()
             tokens = lens.tokenize([text])
             _check_length(tokens.ids.shape[1], max_tokens)
             encoding = lens.encode(tokens, names=[dictionary])
             codes = encoding.codes[dictionary].dense().reshape(tokens.ids.shape[1], -1)
         return tokens.ids[0].tolist(), tokens.special[0].tolist(), codes.float().cpu()
-
-    def _encode_without_lens(self, text: str, dictionary: str, max_tokens: int
-                             ) -> tuple[list[int], list[bool], torch.Tensor]:
-        """The same codes through `models.hookpoints.capture`, for versions without the
-        feature API (special tokens get zero codes, as `Lens.encode` gives them)."""
-        from sparselens.models.hookpoints import capture, resolve
-
-        ids = self.loaded.tokenizer(text, return_tensors="pt").input_ids
-        _check_length(ids.shape[1], max_tokens)
-        module = self.stores[dictionary].module()
-        site = resolve(self.loaded.model, module.cfg.hookpoint)[0]
-        acts = capture(self.loaded.model, [site], input_ids=ids.to(self.loaded.device))[site]
-        codes = module.encode(acts[0].to(next(module.parameters()).dtype)).float().cpu()
-        specials = set(getattr(self.loaded.tokenizer, "all_special_ids", None) or [])
-        special = [int(i) in specials for i in ids[0].tolist()]
-        codes[torch.tensor(special, dtype=torch.bool)] = 0
-        return ids[0].tolist(), special, codes
 
     def playground(self, text: str, dictionary: str, latent: int | None, max_tokens: int,
                    top_k: int = 8) -> dict[str, Any]:
@@ -148,9 +119,7 @@ class ModelRunner:
         """Greedy continuations of `prompt` without and with the edits, side by side."""
         with self._lock:
             lens = self._get_lens()
-            module = _lens_module()
-            applied = [module.AddLatent(e.dictionary, latent=e.latent, coef=e.coef)
-                       for e in edits]
+            applied = [AddLatent(e.dictionary, latent=e.latent, coef=e.coef) for e in edits]
             plain = lens.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False)
             steered = lens.generate(prompt, max_new_tokens=max_new_tokens, edits=applied,
                                     do_sample=False)
