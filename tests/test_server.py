@@ -110,6 +110,8 @@ def test_feature_explanations_are_read_and_bad_lines_skipped(client, stores):
     assert data["explanations"][0]["scores"] == {"detection": 0.81, "fuzzing": 0.74}
     assert stores[0].explanations.skipped == 1
     assert client.get("/api/d/run_a-sae/feature/4").json()["explanations"] == []
+    nested = client.get("/api/d/run_a-sae/feature/5").json()["explanations"][0]
+    assert nested["scores"] == {"fuzzing": 0.7} and nested["source"] == "qwen"
 
 
 def test_unknown_dictionary_latent_or_route_is_404(client):

@@ -198,3 +198,20 @@ def test_unknown_page_says_so(browser):
     page = browser
     visit(page, "#/no/such/page")
     assert "No such page" in page.locator(".error").inner_text()
+
+
+def test_steering_playground_shows_both_generations(browser):
+    page = browser
+    visit(page, "#/steer?d=run_a-sae&f=2&coef=40&n=6")
+    page.fill("#steer-prompt", "The cat")
+    page.click("#steer-run")
+    page.wait_for_selector(".side-by-side .column")
+    columns = page.locator(".side-by-side .column")
+    assert columns.count() == 2
+    assert [columns.nth(i).locator("h4").inner_text() for i in range(2)] == ["Unedited",
+                                                                             "Steered"]
+    assert all(columns.nth(i).locator(".generation").inner_text().startswith("The cat")
+               for i in range(2))
+    assert "coef=40" in page.url and "prompt=The%20cat" in page.url
+    snap(page, "steering")
+    assert page.errors == []

@@ -106,7 +106,9 @@ def make_served_run(root: Path, model: LoadedModel) -> ServedRun:
         (folder / "explanations.jsonl").write_text(
             json.dumps({"latent": 3, "explanation": "the word Paris and <b>other</b> capitals",
                         "scores": {"detection": 0.81, "fuzzing": 0.74}}) + "\n"
-            + json.dumps({"latent": 5, "explanation": "Python code indentation"}) + "\n"
+            + json.dumps({"latent": 5, "explanation": "Python code indentation", "model": "qwen",
+                          "scores": {"fuzzing": {"chance": 0.5, "explanation": {"value": 0.7},
+                                                 "random": {"value": 0.5}}}}) + "\n"
             + "{not json\n")
         folders.append(folder)
     return ServedRun(folders, tokens, model)

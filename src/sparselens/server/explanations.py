@@ -3,7 +3,9 @@
 The reader is tolerant on purpose: the explainer's schema may grow, and a half-written last
 line (a run still going) must not stop the viewer. A record needs a latent id (``latent``,
 ``feature``, ``latent_id`` or ``index``) and a text (``explanation``, ``text`` or ``label``);
-numbers under ``scores`` (or top-level keys ending in ``score``) are shown as its scores.
+numbers under ``scores`` (or top-level keys ending in ``score``), or a scorer's nested result
+for the explanation (``{"detection": {"explanation": {"value": 0.8}, "random": ...}}``), are
+shown as its scores.
 Anything else is skipped with a count, never an error.
 """
 
@@ -29,14 +31,31 @@ class Explanation:
         return {"text": self.text, "scores": self.scores, "source": self.source}
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _score_value(value: Any) -> float | None:
+    """A score given as a number, or as ``{"explanation": {"value": v}, ...}`` (a scorer's
+    result for the explanation beside its baselines), or ``{"value": v}``."""
+    if isinstance(value, dict):
+        for inner in (value.get("explanation"), value.get("latent"), value):
+            if isinstance(inner, dict) and _number(inner.get("value")) is not None:
+                return _number(inner["value"])
+        return None
+    return _number(value)
+
+
 def _scores(record: dict[str, Any]) -> dict[str, float]:
     found: dict[str, Any] = {}
     nested = record.get("scores")
     if isinstance(nested, dict):
         found |= nested
     found |= {k: v for k, v in record.items() if k.endswith("score")}
-    return {str(k): float(v) for k, v in found.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    scores = {str(k): _score_value(v) for k, v in found.items()}
+    return {k: v for k, v in scores.items() if v is not None}
 
 
 def parse_record(record: Any) -> tuple[int, Explanation] | None:

@@ -84,9 +84,18 @@
 
   // ---------- charts (SVG, drawn from numbers) ----------
 
-  const W = 560, H = 220, PAD = { l: 52, r: 12, t: 12, b: 38 };
+  const W = 560, H = 220, PAD = { l: 52, r: 44, t: 12, b: 38 };
+
+  /* A range that can be drawn: a flat series gets a band around its value. */
+  function spread(lo, hi) {
+    if (hi > lo) return [lo, hi];
+    const pad = Math.abs(lo) * 0.1 || 1;
+    return [lo - pad, hi + pad];
+  }
 
   function axes(root, xlo, xhi, ylo, yhi, xlabel, ylabel, opts) {
+    [xlo, xhi] = spread(xlo, xhi);
+    [ylo, yhi] = spread(ylo, yhi);
     const x = (v) => PAD.l + (v - xlo) / ((xhi - xlo) || 1) * (W - PAD.l - PAD.r);
     const y = (v) => H - PAD.b - (v - ylo) / ((yhi - ylo) || 1) * (H - PAD.t - PAD.b);
     root.appendChild(svg("line", { x1: PAD.l, y1: H - PAD.b, x2: W - PAD.r, y2: H - PAD.b,
