@@ -38,9 +38,11 @@ N_SEQS, CONTEXT = 8192, 128
 RESULTS = Path(__file__).parent / "results"
 
 
-def rss_mb() -> float:
+def rss_mb(kind: str = "VmRSS") -> float:
+    """Resident memory from /proc: ``VmRSS`` (all), ``RssAnon`` (heap: what the server
+    allocated) or ``RssFile`` (pages of memory-mapped files: page cache the kernel can drop)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(kind + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -90,6 +92,7 @@ def measure_size(folder: Path, n_requests: int = 50) -> dict[str, Any]:
     client = TestClient(build_app(stores))
     client.get("/api/info")
     open_rss = rss_mb()
+    anon_open = rss_mb("RssAnon")
     n = stores[0].n_latents
     latents = torch.randint(0, n, (n_requests,), generator=torch.Generator().manual_seed(1))
 
@@ -105,7 +108,8 @@ def measure_size(folder: Path, n_requests: int = 50) -> dict[str, Any]:
     overview = timed("/api/overview")
     search = timed("/api/search?q=%20the")
     return {"n_latents": n, "open_s": open_s, "rss_base_mb": base_rss, "rss_open_mb": open_rss,
-            "rss_after_mb": rss_mb(),
+            "rss_after_mb": rss_mb(), "rss_anon_open_mb": anon_open,
+            "rss_anon_after_mb": rss_mb("RssAnon"), "rss_file_after_mb": rss_mb("RssFile"),
             "feature_median_ms": 1000 * statistics.median(feature),
             "feature_p95_ms": 1000 * sorted(feature)[int(0.95 * len(feature)) - 1],
             "similar_median_ms": 1000 * statistics.median(similar),
@@ -183,7 +187,8 @@ def main() -> None:
             print(f"{n:>7} latents: open {row['open_s'] * 1000:7.1f} ms | feature median "
                   f"{row['feature_median_ms']:6.1f} ms p95 {row['feature_p95_ms']:6.1f} | "
                   f"similar {row['similar_median_ms']:6.1f} ms | RSS open "
-                  f"{row['rss_open_mb']:6.0f} MB after {row['rss_after_mb']:6.0f} MB | store "
+                  f"{row['rss_open_mb']:4.0f} MB after {row['rss_after_mb']:4.0f} MB (heap "
+                  f"{row['rss_anon_open_mb']:4.0f} -> {row['rss_anon_after_mb']:4.0f}) | store "
                   f"{row['examples_file_mb']:6.0f} MB | index build {index_s:5.1f} s",
                   flush=True)
     playground = None

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sparselens.interpretation.token_text import token_texts
+from sparselens.interpretation import token_text
 from sparselens.lens import AddLatent, Lens
 from sparselens.models.source import LoadedModel
 from sparselens.server.store import DictionaryStore
@@ -45,11 +45,24 @@ class ModelRunner:
         self.loaded = loaded
         self.stores = {s.name: s for s in stores}
         self._lens: Lens | None = None
+        self._byte_level: bool | None = None
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.loaded.name
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """`token_text.token_texts`, with the tokenizer's byte-level test done once (it
+        serialises the whole tokenizer: seconds for a 262k vocabulary)."""
+        tokenizer = self.loaded.tokenizer
+        if self._byte_level is None:
+            self._byte_level = token_text._is_byte_level(tokenizer)
+        to_pieces = getattr(tokenizer, "convert_ids_to_tokens", None)
+        if to_pieces is None:
+            return token_text.token_texts(tokenizer, ids)
+        return [f"<{i}>" if piece is None else token_text.piece_text(piece, self._byte_level)
+                for i, piece in zip(ids, to_pieces(list(ids)))]
 
     def _get_lens(self) -> Lens:
         if self._lens is None:
@@ -81,7 +94,7 @@ class ModelRunner:
                   for vs, js in zip(values.tolist(), latents.tolist())]
         chosen = codes[:, latent].tolist() if latent is not None else None
         return {"dictionary": dictionary, "latent": latent,
-                "tokens": token_texts(self.loaded.tokenizer, ids), "special": special,
+                "tokens": self.token_texts(ids), "special": special,
                 "acts": [round(a, 4) for a in chosen] if chosen is not None else None,
                 "firing": firing}
 
@@ -105,7 +118,7 @@ class ModelRunner:
         bottom = (-logits).topk(k)
 
         def listing(values: torch.Tensor, ids: torch.Tensor, sign: float) -> list[dict]:
-            texts = token_texts(self.loaded.tokenizer, ids.tolist())
+            texts = self.token_texts(ids.tolist())
             return [{"token": t, "value": round(sign * float(v), 4)}
                     for t, v in zip(texts, values)]
 

@@ -26,6 +26,9 @@ class Config:
     examples: tuple[str, ...] | None = None
     """Folders holding each dictionary's examples.safetensors (one per dictionary); None:
     look in the dictionary folder, its report/ and the run's report/."""
+    tokenizer: str | None = None
+    """Tokenizer (embedded model name or local folder) that turns the cache's token ids into
+    text when the viewer index is built; None: the --model's, else the cache's model."""
     host: str = "127.0.0.1"
     """Address to bind. Anything but a loopback address exposes the viewer (and the model)
     to the network without authentication; a warning says so."""
@@ -57,8 +60,12 @@ def run(cfg: Config) -> int:
                 raise ValueError(f"{cfg.dictionaries[0]} does not name its model; pass --model")
         print(f"loading {name} ...")
         model = load_model(name, dtype=cfg.dtype, device=cfg.device)
+    tokenizer = model.tokenizer if model is not None else None
+    if cfg.tokenizer is not None:
+        from sparselens.server.index import tokenizer_for
+
+        tokenizer = tokenizer_for(cfg.tokenizer)
     stores = open_stores(cfg.dictionaries, cache=cfg.cache, examples=cfg.examples,
-                         tokenizer=model.tokenizer if model is not None else None,
-                         model_name=model.name if model is not None else None)
+                         tokenizer=tokenizer, model_name=model.name if model else None)
     run_server(build_app(stores, model, host=cfg.host), host=cfg.host, port=cfg.port)
     return 0
