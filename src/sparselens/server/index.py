@@ -126,6 +126,7 @@ class ViewerIndex:
         self.vocab_ids = self._file.get_tensor("vocab_ids")
         self._offsets = self._file.get_tensor("vocab_offsets")
         self._bytes = self._file.get_tensor("vocab_bytes")
+        self._raw = memoryview(self._bytes.numpy())
         self._specials = set(self._file.get_tensor("special_ids").tolist())
         self._all_texts: list[str] | None = None
 
@@ -142,15 +143,18 @@ class ViewerIndex:
 
     def text_of(self, vocab_index: int) -> str:
         a, b = int(self._offsets[vocab_index]), int(self._offsets[vocab_index + 1])
-        return bytes(self._bytes[a:b].numpy()).decode("utf-8", errors="replace")
+        return str(self._raw[a:b], "utf-8", "replace")
 
     def texts(self, ids: Tensor) -> list[str]:
         """Display text of token ids (ids absent from the index show as ``<id>``)."""
-        where = torch.searchsorted(self.vocab_ids, ids).clamp_max(max(0, len(self.vocab_ids) - 1))
-        known = self.vocab_ids[where] == ids if len(self.vocab_ids) else torch.zeros_like(ids,
-                                                                                      dtype=bool)
-        return [self.text_of(int(w)) if k else f"<{int(i)}>"
-                for w, k, i in zip(where.tolist(), known.tolist(), ids.tolist())]
+        if not len(self.vocab_ids):
+            return [f"<{int(i)}>" for i in ids.tolist()]
+        where = torch.searchsorted(self.vocab_ids, ids).clamp_max(len(self.vocab_ids) - 1)
+        known = (self.vocab_ids[where] == ids).tolist()
+        starts, ends = self._offsets[where].tolist(), self._offsets[where + 1].tolist()
+        raw = self._raw
+        return [str(raw[a:b], "utf-8", "replace") if k else f"<{i}>"
+                for a, b, k, i in zip(starts, ends, known, ids.tolist())]
 
     def context(self, seq: int, position: int, before: int, after: int) -> Context | None:
         """The window ``[position - before, position + after]`` of sequence `seq`."""
@@ -165,9 +169,8 @@ class ViewerIndex:
     def all_texts(self) -> list[str]:
         """Every vocabulary entry's text (decoded once, on the first token search)."""
         if self._all_texts is None:
-            raw = bytes(self._bytes.numpy())
             bounds = self._offsets.tolist()
-            self._all_texts = [raw[a:b].decode("utf-8", errors="replace")
+            self._all_texts = [str(self._raw[a:b], "utf-8", "replace")
                                for a, b in zip(bounds[:-1], bounds[1:])]
         return self._all_texts
 
