@@ -328,3 +328,27 @@ def test_cli_defaults_to_loopback_and_explains_missing_arguments(capsys):
     assert "give the dictionary folders" in capsys.readouterr().err
     assert main(["serve", str(Path("/nonexistent/sae"))]) == 1
     assert "not a dictionary folder" in capsys.readouterr().err
+
+
+def test_an_exact_histogram_in_the_store_is_used(run, tmp_path):
+    """Stores that count a per-latent |activation| histogram (and describe its edges in
+    examples.json) get it drawn as counted, on a log axis, trimmed to the bins in use."""
+    from safetensors.torch import load_file, save_file
+
+    report = run.folders[0].parent / "report"
+    tensors = load_file(report / "examples.safetensors")
+    histogram = torch.zeros(N_LATENTS, 5, dtype=torch.long)
+    histogram[3] = torch.tensor([2, 0, 7, 1, 0])
+    tensors["histogram"] = histogram
+    save_file(tensors, tmp_path / "examples.safetensors", metadata={"hookpoint": HOOK,
+              "n_tokens": "100", "window": "[5, 3]"})
+    (tmp_path / "examples.json").write_text(json.dumps({"histogram_edges": [0.01, 0.1, 1, 10]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no cache to build the index from: no token text
+        store = open_stores([run.folders[0]], examples=[tmp_path])[0]
+    client = starlette_testclient.TestClient(build_app([store]))
+    hist = client.get(f"/api/d/{store.name}/feature/3").json()["histogram"]
+    assert hist["log"] and hist["counts"] == [7, 1] and hist["edges"] == [-1.0, 0.0, 1.0]
+    assert (hist["below"], hist["above"]) == (2, 0)
+    page = client.get(f"/api/d/{store.name}/feature/3").json()
+    assert page["top"] and page["top"][0]["tokens"] == []

@@ -71,13 +71,27 @@ def activation_histogram(samples: list[Example], top: list[Example], count: int)
     hi = max([abs(t.activation) for t in top] + [float(values.abs().max()) if len(values)
                                                     else 0.0])
     if hi <= 0 or not len(values):
-        return {"edges": [], "counts": [], "sampled": 0}
+        return {"edges": [], "counts": [], "log": False, "sampled": 0}
     lo = min(0.0, float(values.min()))
     counts = torch.histc(values, bins=HISTOGRAM_BINS, min=lo, max=hi)
     scale = count / len(values)
     edges = torch.linspace(lo, hi, HISTOGRAM_BINS + 1).tolist()
-    return {"edges": [_round(e) for e in edges],
+    return {"edges": [_round(e) for e in edges], "log": False,
             "counts": [_round(c * scale) for c in counts.tolist()], "sampled": len(values)}
+
+
+def counted_histogram(counts: list[int], edges: list[float]) -> dict[str, Any]:
+    """The store's exact per-latent histogram of |activation| over log-spaced bins, trimmed
+    to the bins in use; firings below the first or above the last edge are reported apart."""
+    inner = counts[1:-1]
+    used = [i for i, c in enumerate(inner) if c]
+    if not used:
+        return {"edges": [], "counts": [], "log": True, "below": counts[0],
+                "above": counts[-1], "sampled": None}
+    lo, hi = used[0], used[-1] + 1
+    return {"edges": [round(math.log10(e), 4) for e in edges[lo:hi + 1]],
+            "counts": inner[lo:hi], "log": True, "below": counts[0], "above": counts[-1],
+            "sampled": None}
 
 
 def feature_payload(store: DictionaryStore, latent: int, n_bins: int = 5) -> dict[str, Any]:
@@ -94,6 +108,8 @@ def feature_payload(store: DictionaryStore, latent: int, n_bins: int = 5) -> dic
              "density": count / max(1, ex.n_tokens),
              "mean": _round(float(ex.sums[latent]) / max(1, count)),
              "max": _round(top[0].activation) if top else 0.0}
+    histogram = (counted_histogram(ex.histogram(latent), ex.histogram_edges)
+                 if ex.histogram_edges is not None else activation_histogram(samples, top, count))
     return payload | {"stats": stats, "top": [render_example(store, e) for e in top],
                       "quantiles": quantile_groups(store, samples, n_bins),
-                      "histogram": activation_histogram(samples, top, count)}
+                      "histogram": histogram}

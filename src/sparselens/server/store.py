@@ -58,6 +58,25 @@ class ExampleStore:
         self.sums = self._file.get_tensor("activation_sums").clone()
         self.has_windows = "top.windows" in keys
         self.n_top = int(self._file.get_slice("top.seq_ids").get_shape()[1])
+        self.histogram_edges = self._histogram_edges(keys)
+
+    def _histogram_edges(self, keys: set[str]) -> list[float] | None:
+        """Edges of the store's per-latent |activation| histogram (stores that count one say
+        so in ``examples.json`` beside them; one column below the first edge, one above the
+        last)."""
+        if "histogram" not in keys:
+            return None
+        description = files.inside(self.path.parent, "examples.json")
+        try:
+            edges = json.loads(description.read_text()).get("histogram_edges") \
+                if description else None
+        except (OSError, ValueError):
+            return None
+        columns = self._file.get_slice("histogram").get_shape()[1]
+        return edges if isinstance(edges, list) and len(edges) + 1 == columns else None
+
+    def histogram(self, latent: int) -> list[int]:
+        return self._file.get_slice("histogram")[latent:latent + 1][0].tolist()
 
     @property
     def n_latents(self) -> int:

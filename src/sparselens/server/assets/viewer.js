@@ -450,11 +450,17 @@
     grid.appendChild(right);
     root.appendChild(grid);
 
-    if (data.histogram && data.histogram.edges.length) {
-      const title = `Activation histogram (estimated from ${data.histogram.sampled} sampled ` +
-        "firings)";
-      left.appendChild(histogram(title, data.histogram.edges, data.histogram.counts,
-                                 "activation", "firings"));
+    const hist = data.histogram;
+    if (hist && hist.edges.length && hist.log) {
+      const outside = hist.below || hist.above ?
+        ` (${fmt(hist.below)} below, ${fmt(hist.above)} above the plotted range)` : "";
+      left.appendChild(histogram(`Activation histogram: every firing counted${outside}`,
+                                 hist.edges, hist.counts, "|activation| (log scale)",
+                                 "firings", { xTick: (v) => fmt(Number(Math.pow(10, v)
+                                   .toPrecision(2))) }));
+    } else if (hist && hist.edges.length) {
+      const title = `Activation histogram (estimated from ${hist.sampled} sampled firings)`;
+      left.appendChild(histogram(title, hist.edges, hist.counts, "activation", "firings"));
     }
     const scale = data.stats ? data.stats.max : 1;
     const top = section(`Top ${data.top.length} activations`, "top-examples");
