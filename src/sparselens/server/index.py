@@ -128,7 +128,7 @@ class ViewerIndex:
         self._bytes = self._file.get_tensor("vocab_bytes")
         self._raw = memoryview(self._bytes.numpy())
         self._specials = set(self._file.get_tensor("special_ids").tolist())
-        self._all_texts: list[str] | None = None
+        self._by_text: tuple[dict[str, list[int]], dict[str, list[int]]] | None = None
 
     @classmethod
     def open_if_current(cls, examples_file: Path) -> ViewerIndex | None:
@@ -166,13 +166,19 @@ class ViewerIndex:
         ids = self._tokens[row:row + 1, start:end].reshape(-1).long()
         return Context(self.texts(ids), [int(i) in self._specials for i in ids.tolist()], start)
 
-    def all_texts(self) -> list[str]:
-        """Every vocabulary entry's text (decoded once, on the first token search)."""
-        if self._all_texts is None:
+    def entries_by_text(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """Vocabulary entries by exact text and by case/space-folded text (built on the first
+        token search: one pass over the vocabulary; later searches are lookups)."""
+        if self._by_text is None:
             bounds = self._offsets.tolist()
-            self._all_texts = [str(self._raw[a:b], "utf-8", "replace")
-                               for a, b in zip(bounds[:-1], bounds[1:])]
-        return self._all_texts
+            exact: dict[str, list[int]] = {}
+            folded: dict[str, list[int]] = {}
+            for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+                text = str(self._raw[a:b], "utf-8", "replace")
+                exact.setdefault(text, []).append(i)
+                folded.setdefault(text.strip().lower(), []).append(i)
+            self._by_text = (exact, folded)
+        return self._by_text
 
     def latents_on_token(self, vocab_index: int, limit: int) -> list[tuple[int, float]]:
         """(latent, number of its top examples on this token), most first."""
@@ -188,11 +194,10 @@ class ViewerIndex:
 def find_token_entries(index: ViewerIndex, query: str, limit: int = 8) -> list[int]:
     """Vocabulary entries matching `query`: the exact text first (' Paris'), then the same
     text ignoring case and surrounding whitespace."""
-    texts = index.all_texts()
-    exact = [i for i, t in enumerate(texts) if t == query]
-    wanted = query.strip().lower()
-    loose = [i for i, t in enumerate(texts) if t.strip().lower() == wanted and i not in exact]
-    return (exact + loose)[:limit]
+    exact, folded = index.entries_by_text()
+    first = exact.get(query, [])
+    rest = [i for i in folded.get(query.strip().lower(), []) if i not in first]
+    return (first + rest)[:limit]
 
 
 def tokenizer_for(model_name: str | os.PathLike) -> object:

@@ -92,5 +92,6 @@ def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
         warnings.warn(f"serving on {host}: anyone who can reach this address can read the "
                       "served dictionaries and run the model; there is no authentication",
                       stacklevel=2)
-    print(f"sparselens viewer on http://{host}:{port}/  (Ctrl-C stops it)")
+    shown = f"[{host}]" if ":" in host else host
+    print(f"sparselens viewer on http://{shown}:{port}/  (Ctrl-C stops it)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
