@@ -352,3 +352,19 @@ def test_an_exact_histogram_in_the_store_is_used(run, tmp_path):
     assert (hist["below"], hist["above"]) == (2, 0)
     page = client.get(f"/api/d/{store.name}/feature/3").json()
     assert page["top"] and page["top"][0]["tokens"] == []
+
+
+def test_a_saelens_checkpoint_is_served_from_its_loaded_module(run, stores, tmp_path):
+    """Other formats are read through load_any (whole); the pages work the same."""
+    from sparselens.io.saelens_export import save_saelens
+
+    folder = save_saelens(stores[0].module(), tmp_path / "saelens_sae")
+    foreign = open_stores([folder], examples=[run.folders[0].parent / "report"])[0]
+    assert not foreign.meta["native"] and foreign.n_latents == N_LATENTS
+    client = starlette_testclient.TestClient(build_app([foreign, stores[0]], run.model))
+    page = client.get(f"/api/d/{foreign.name}/feature/7").json()
+    native = client.get("/api/d/run_a-sae/feature/7").json()
+    assert page["top"] == native["top"] and page["stats"] == native["stats"]
+    similar = client.get(f"/api/d/{foreign.name}/feature/7/similar").json()["similar"]
+    same = {e["latent"]: e["cosine"] for e in similar[1]["latents"]}
+    assert same[7] == pytest.approx(1.0, abs=1e-4)  # the same decoder, served twice

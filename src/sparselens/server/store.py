@@ -104,12 +104,11 @@ class DictionaryStore:
         self.folder = folder
         self.examples = examples
         self.index = index
-        self.meta = self._read_meta()
-        self.explanations = Explanations.read(files.explanation_files(folder))
         self._decoder_file: Any = None
-        self._decoder: Tensor | None = None
         self._module: Any = None
         self._lock = threading.Lock()
+        self.meta = self._read_meta()
+        self.explanations = Explanations.read(files.explanation_files(folder))
 
     # ---- config and decoder ----
 
