@@ -368,3 +368,27 @@ def test_a_saelens_checkpoint_is_served_from_its_loaded_module(run, stores, tmp_
     similar = client.get(f"/api/d/{foreign.name}/feature/7/similar").json()["similar"]
     same = {e["latent"]: e["cosine"] for e in similar[1]["latents"]}
     assert same[7] == pytest.approx(1.0, abs=1e-4)  # the same decoder, served twice
+
+
+def test_latent_list_sorts_pages_and_hides_dead(client, run):
+    examples = examples_of(run)
+    counts = examples.counts
+    data = client.get("/api/d/run_a-sae/latents", params={"sort": "density", "size": 5}).json()
+    assert data["total"] == int((counts > 0).sum())
+    assert [r["latent"] for r in data["rows"]] == torch.argsort(-counts.double(),
+                                                                stable=True)[:5].tolist()
+    row = data["rows"][0]
+    assert row["example"]["act"] == pytest.approx(float(examples.top.activations[row["latent"], 0]),
+                                                  rel=1e-3)
+    second = client.get("/api/d/run_a-sae/latents", params={"sort": "density", "size": 5,
+                                                             "page": 1}).json()
+    assert not {r["latent"] for r in second["rows"]} & {r["latent"] for r in data["rows"]}
+    every = client.get("/api/d/run_a-sae/latents", params={"sort": "id", "dead": "1",
+                                                            "size": 100}).json()
+    assert [r["latent"] for r in every["rows"]] == list(range(N_LATENTS))
+    by_max = client.get("/api/d/run_a-sae/latents", params={"sort": "max", "size": 3}).json()
+    assert by_max["rows"][0]["max"] == pytest.approx(float(examples.max_activation.max()),
+                                                     rel=1e-4)
+    for bad in ({"sort": "nope"}, {"size": "0"}, {"size": "101"}, {"page": "-1"},
+                {"page": "x"}):
+        assert client.get("/api/d/run_a-sae/latents", params=bad).status_code == 400

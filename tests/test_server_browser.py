@@ -215,3 +215,22 @@ def test_steering_playground_shows_both_generations(browser):
     assert "coef=40" in page.url and "prompt=The%20cat" in page.url
     snap(page, "steering")
     assert page.errors == []
+
+
+def test_browse_latents_sorted_and_paged(browser):
+    page = browser
+    visit(page, "#/")
+    page.locator(".dictionary").first.locator(".browse-link").click()
+    ready(page, "#/d/run_a-sae")
+    rows = page.locator(".latent-row")
+    assert rows.count() == 25
+    assert rows.first.locator(".tok-centre").count() == 1
+    snap(page, "latents")
+    page.select_option("#latent-sort", "id")
+    ready(page, "#/d/run_a-sae?sort=id&page=0")
+    assert page.locator(".latent-row").first.get_attribute("data-latent") == "0"
+    page.locator(".next-page").click()
+    ready(page, "#/d/run_a-sae?sort=id&page=1")
+    first = int(page.locator(".latent-row").first.get_attribute("data-latent"))
+    assert first >= 25
+    assert page.errors == []

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sparselens.server import limits as checks
 from sparselens.server.feature import feature_payload
+from sparselens.server.latents import SORTS, latent_list
 from sparselens.server.limits import BadRequest, Limits
 from sparselens.server.overview import overview
 from sparselens.server.runner import ModelRunner, SteerEdit, Unavailable
@@ -156,6 +157,21 @@ class Viewer:
                                         list(self.stores.values()))
         return JSONResponse({"similar": found})
 
+    async def latents(self, request: Request) -> Response:
+        store = self.store(request.path_params["name"])
+        query = request.query_params
+        sort = query.get("sort", "density")
+        if sort not in SORTS:
+            raise BadRequest(f"sort must be one of {list(SORTS)}, got {sort!r}")
+        try:
+            page, size = int(query.get("page", "0")), int(query.get("size", "25"))
+        except ValueError:
+            raise BadRequest("page and size must be integers") from None
+        if page < 0 or not 1 <= size <= self.limits.max_results:
+            raise BadRequest(f"page must be >= 0 and size from 1 to {self.limits.max_results}")
+        return JSONResponse(await run_in_threadpool(latent_list, store, sort, page, size,
+                                                    query.get("dead") == "1"))
+
     async def logit_lens(self, request: Request) -> Response:
         store = self.store(request.path_params["name"])
         latent = self.latent(store, request.path_params["latent"])
@@ -245,6 +261,7 @@ def create_app(stores: Sequence[DictionaryStore], runner: ModelRunner | None = N
         Route("/api/info", viewer.info),
         Route("/api/overview", viewer.overview),
         Route("/api/search", viewer.search),
+        Route("/api/d/{name}/latents", viewer.latents),
         Route("/api/d/{name}/feature/{latent:int}", viewer.feature),
         Route("/api/d/{name}/feature/{latent:int}/similar", viewer.similar),
         Route("/api/d/{name}/feature/{latent:int}/logit-lens", viewer.logit_lens),

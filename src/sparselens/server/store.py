@@ -59,6 +59,7 @@ class ExampleStore:
         self.has_windows = "top.windows" in keys
         self.n_top = int(self._file.get_slice("top.seq_ids").get_shape()[1])
         self.histogram_edges = self._histogram_edges(keys)
+        self._max: Tensor | None = None
 
     def _histogram_edges(self, keys: set[str]) -> list[float] | None:
         """Edges of the store's per-latent |activation| histogram (stores that count one say
@@ -74,6 +75,14 @@ class ExampleStore:
             return None
         columns = self._file.get_slice("histogram").get_shape()[1]
         return edges if isinstance(edges, list) and len(edges) + 1 == columns else None
+
+    def max_activation(self) -> Tensor:
+        """Each latent's strongest activation (the first top slot), read once."""
+        if self._max is None:
+            top = self._file.get_slice("top.activations")[:, 0:1][:, 0]
+            valid = self._file.get_slice("top.seq_ids")[:, 0:1][:, 0] >= 0
+            self._max = torch.where(valid, top, torch.zeros_like(top))
+        return self._max
 
     def histogram(self, latent: int) -> list[int]:
         return self._file.get_slice("histogram")[latent:latent + 1][0].tolist()

@@ -315,6 +315,8 @@
     input.setAttribute("aria-label", `open a latent of ${d.name}`);
     jump.appendChild(input);
     jump.appendChild(el("button", "", "Open latent"));
+    jump.appendChild(link("Browse all latents", `#/d/${encodeURIComponent(d.name)}`,
+                          "browse-link"));
     jump.addEventListener("submit", (event) => {
       event.preventDefault();
       if (input.value !== "") location.hash = featureHref(d.name, Number(input.value));
@@ -485,6 +487,74 @@
     right.appendChild(similar);
     await Promise.all([fillLogitLens(lens, dictionary, latent),
                        fillSimilar(similar, dictionary, latent)]);
+  }
+
+  // ---------- latent list ----------
+
+  const SORT_LABELS = { density: "density, highest first", "density-asc": "density, lowest first",
+                        mean: "mean activation", max: "max activation", id: "latent id" };
+
+  function listHref(dictionary, sort, page, dead) {
+    return `#/d/${encodeURIComponent(dictionary)}?sort=${sort}&page=${page}` +
+      (dead ? "&dead=1" : "");
+  }
+
+  async function showLatents(root, dictionary, query) {
+    const p = params(query);
+    const sort = p.get("sort") || "density";
+    const page = Number(p.get("page") || "0");
+    const dead = p.get("dead") === "1";
+    const size = 25;
+    root.appendChild(el("h1", "", `${dictionary} · latents`));
+    const controls = el("div", "controls");
+    const select = el("select");
+    select.id = "latent-sort";
+    select.setAttribute("aria-label", "sort latents");
+    for (const [value, label] of Object.entries(SORT_LABELS)) {
+      const option = el("option", "", label);
+      option.value = value;
+      option.selected = value === sort;
+      select.appendChild(option);
+    }
+    select.addEventListener("change", () => {
+      location.hash = listHref(dictionary, select.value, 0, dead);
+    });
+    controls.appendChild(labelled("Sort by", select));
+    const deadBox = el("input");
+    deadBox.type = "checkbox";
+    deadBox.checked = dead;
+    deadBox.addEventListener("change", () => {
+      location.hash = listHref(dictionary, sort, 0, deadBox.checked);
+    });
+    controls.appendChild(labelled("include latents that never fired", deadBox));
+    root.appendChild(controls);
+    const data = await api(`/api/d/${encodeURIComponent(dictionary)}/latents?sort=${sort}` +
+                           `&page=${page}&size=${size}${dead ? "&dead=1" : ""}`);
+    const pages = Math.max(1, Math.ceil(data.total / size));
+    const list = el("div", "latent-list");
+    for (const row of data.rows) {
+      const item = el("div", "result latent-row");
+      item.dataset.latent = String(row.latent);
+      const head = el("div", "latent-head");
+      head.appendChild(link(`latent ${row.latent}`, featureHref(dictionary, row.latent),
+                            "result-link"));
+      head.appendChild(el("span", "num", ` density ${pct(row.density)} · mean ` +
+                                         `${fmt(row.mean)} · max ${fmt(row.max)}`));
+      if (row.explanation) head.appendChild(el("span", "explanation-text", ` ${row.explanation}`));
+      item.appendChild(head);
+      if (row.example) item.appendChild(exampleRow(row.example, row.max));
+      list.appendChild(item);
+    }
+    if (!data.rows.length) list.appendChild(el("p", "muted", "No latents to show."));
+    root.appendChild(list);
+    const pager = el("nav", "pager");
+    if (page > 0) pager.appendChild(link("‹ previous", listHref(dictionary, sort, page - 1, dead)));
+    pager.appendChild(el("span", "muted", ` page ${page + 1} of ${pages} ` +
+                                          `(${fmt(data.total)} latents) `));
+    if (page + 1 < pages) {
+      pager.appendChild(link("next ›", listHref(dictionary, sort, page + 1, dead), "next-page"));
+    }
+    root.appendChild(pager);
   }
 
   // ---------- search ----------
@@ -707,6 +777,8 @@
       if (!INFO) INFO = await api("/api/info");
       if (parts[0] === "d" && parts.length === 3 && /^\d+$/.test(parts[2])) {
         await showFeature(root, decodeURIComponent(parts[1]), Number(parts[2]));
+      } else if (parts[0] === "d" && parts.length === 2) {
+        await showLatents(root, decodeURIComponent(parts[1]), query);
       } else if (parts[0] === "search") {
         mark("search");
         await showSearch(root, decodeURIComponent(parts.slice(1).join("/")));
