@@ -392,3 +392,26 @@ def test_latent_list_sorts_pages_and_hides_dead(client, run):
     for bad in ({"sort": "nope"}, {"size": "0"}, {"size": "101"}, {"page": "-1"},
                 {"page": "x"}):
         assert client.get("/api/d/run_a-sae/latents", params=bad).status_code == 400
+
+
+def test_index_built_from_tokens_the_store_carries(run, tmp_path):
+    """An example store that embeds its token table needs no cache: the index is built from
+    it on open (with the tokenizer given)."""
+    from safetensors.torch import load_file, save_file
+
+    from viewer_helpers import ScriptTokenizer
+
+    report = run.folders[0].parent / "report"
+    tensors = load_file(report / "examples.safetensors") | {"tokens": run.tokens}
+    save_file(tensors, tmp_path / "examples.safetensors", metadata={"hookpoint": HOOK,
+              "n_tokens": "846", "window": "[5, 3]"})
+    store = open_stores([run.folders[0]], examples=[tmp_path],
+                        tokenizer=ScriptTokenizer(run.model.tokenizer))[0]
+    assert (tmp_path / "viewer_index.safetensors").exists() and store.index is not None
+    client = starlette_testclient.TestClient(build_app([store]))
+    mine = client.get(f"/api/d/{store.name}/feature/7").json()["top"]
+    reference = starlette_testclient.TestClient(build_app(open_stores(run.folders[:1])))
+    assert mine == reference.get("/api/d/sae/feature/7").json()["top"]
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        (tmp_path / "viewer_index.safetensors").unlink()
+        assert open_stores([run.folders[0]], examples=[tmp_path])[0].index is None

@@ -28,23 +28,38 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
             for p, n in zip(paths, names)]
 
 
+def _stored_tokens(examples_file: Path) -> Any:
+    """The token table an example store carries itself (stores may embed it), or None."""
+    from safetensors import safe_open
+
+    with safe_open(str(examples_file), framework="pt") as handle:
+        return handle.get_tensor("tokens") if "tokens" in handle.keys() else None  # noqa: SIM118
+
+
 def _index_builder(folder: Path, cache: Path | None, tokenizer: Any, model_name: str | None):
-    """A callable building the viewer index for an example store from the cache's tokens."""
+    """A callable building the viewer index for an example store from its own token table,
+    or else from the activation cache's."""
 
     def build(examples_file: Path) -> ViewerIndex | None:
         from sparselens.data.cache import ActivationCache
 
+        tokens = _stored_tokens(examples_file)
         source = cache or files.find_cache(folder)
-        if source is None:
+        if tokens is None and source is None:
             warnings.warn(f"{examples_file} has no viewer index yet and no activation cache was "
                           "found to build it from; examples show without text. Pass --cache",
                           stacklevel=2)
             return None
-        opened = ActivationCache.open(source, allow_incomplete=True)
-        name = model_name or opened.manifest.get("model")
+        opened = ActivationCache.open(source, allow_incomplete=True) if source else None
+        name = model_name or (opened.manifest.get("model") if opened else None)
+        if tokenizer is None and not isinstance(name, str):
+            warnings.warn(f"no tokenizer to turn {examples_file}'s tokens into text; pass "
+                          "--model or --tokenizer", stacklevel=2)
+            return None
         tok = tokenizer or tokenizer_for(str(name))
-        print(f"building the viewer index for {examples_file} from {source} (once)")
-        return ViewerIndex(build_index(examples_file, opened.tokens(), tok))
+        print(f"building the viewer index for {examples_file} (once)", flush=True)
+        table = tokens if tokens is not None else opened.tokens()  # type: ignore[union-attr]
+        return ViewerIndex(build_index(examples_file, table, tok))
 
     return build
 
