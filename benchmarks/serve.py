@@ -89,7 +89,7 @@ def measure_size(folder: Path, n_requests: int = 50) -> dict[str, Any]:
     start = time.perf_counter()
     stores = open_stores([folder / "sae"])
     open_s = time.perf_counter() - start
-    client = TestClient(build_app(stores))
+    client = TestClient(build_app(stores), base_url="http://127.0.0.1")
     client.get("/api/info")
     open_rss = rss_mb()
     anon_open = rss_mb("RssAnon")
@@ -131,7 +131,7 @@ def measure_playground(n_latents: int, repeats: int = 5) -> dict[str, Any]:
         save_dictionary(build("topk", d_in=D_MODEL, n_latents=n_latents, k=32,
                               hookpoint="resid.6", model="gemma-3-270m"), Path(tmp) / "sae")
         stores = open_stores([Path(tmp) / "sae"])
-        client = TestClient(build_app(stores, model))
+        client = TestClient(build_app(stores, model), base_url="http://127.0.0.1")
         prose = " ".join((__doc__ or "").split()) * 2  # real English, cut to 127 tokens + BOS
         ids = model.tokenizer(prose, add_special_tokens=False).input_ids[:127]
         text = model.tokenizer.decode(ids)

@@ -17,6 +17,12 @@ from viewer_helpers import HOOK, N_LATENTS, SCRIPT_TOKEN, make_served_run, top_t
 starlette_testclient = pytest.importorskip("starlette.testclient")
 
 
+def local_client(app):
+    """A TestClient addressing the app as http://127.0.0.1 (the Host a local browser sends;
+    the app refuses other Host headers)."""
+    return starlette_testclient.TestClient(app, base_url="http://127.0.0.1")
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_llama, one_thread):
     return make_served_run(tmp_path_factory.mktemp("served"), tiny_llama)
@@ -29,13 +35,13 @@ def stores(run):
 
 @pytest.fixture(scope="module")
 def client(stores, run):
-    return starlette_testclient.TestClient(build_app(stores, run.model))
+    return local_client(build_app(stores, run.model))
 
 
 @pytest.fixture(scope="module")
 def bare_client(stores):
     """No model loaded."""
-    return starlette_testclient.TestClient(build_app(stores, None))
+    return local_client(build_app(stores, None))
 
 
 def examples_of(run, i: int = 0):
@@ -243,7 +249,7 @@ def test_playground_codes_are_the_dictionary_codes_of_the_model_run(client, run,
     position = int(codes.count_nonzero(1).argmax())
     fired = data["firing"][position]
     assert [f["latent"] for f in fired] == codes[position].topk(len(fired)).indices.tolist()
-    short = starlette_testclient.TestClient(build_app(stores, run.model,
+    short = local_client(build_app(stores, run.model,
                                                       limits=Limits(max_tokens=16)))
     long = {"text": "word " * 5, "dictionary": "run_b-sae", "latent": 4}
     response = short.post("/api/playground", json=long)
@@ -346,7 +352,7 @@ def test_an_exact_histogram_in_the_store_is_used(run, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no cache to build the index from: no token text
         store = open_stores([run.folders[0]], examples=[tmp_path])[0]
-    client = starlette_testclient.TestClient(build_app([store]))
+    client = local_client(build_app([store]))
     hist = client.get(f"/api/d/{store.name}/feature/3").json()["histogram"]
     assert hist["log"] and hist["counts"] == [7, 1] and hist["edges"] == [-1.0, 0.0, 1.0]
     assert (hist["below"], hist["above"]) == (2, 0)
@@ -361,7 +367,7 @@ def test_a_saelens_checkpoint_is_served_from_its_loaded_module(run, stores, tmp_
     folder = save_saelens(stores[0].module(), tmp_path / "saelens_sae")
     foreign = open_stores([folder], examples=[run.folders[0].parent / "report"])[0]
     assert not foreign.meta["native"] and foreign.n_latents == N_LATENTS
-    client = starlette_testclient.TestClient(build_app([foreign, stores[0]], run.model))
+    client = local_client(build_app([foreign, stores[0]], run.model))
     page = client.get(f"/api/d/{foreign.name}/feature/7").json()
     native = client.get("/api/d/run_a-sae/feature/7").json()
     assert page["top"] == native["top"] and page["stats"] == native["stats"]
@@ -408,9 +414,9 @@ def test_index_built_from_tokens_the_store_carries(run, tmp_path):
     store = open_stores([run.folders[0]], examples=[tmp_path],
                         tokenizer=ScriptTokenizer(run.model.tokenizer))[0]
     assert (tmp_path / "viewer_index.safetensors").exists() and store.index is not None
-    client = starlette_testclient.TestClient(build_app([store]))
+    client = local_client(build_app([store]))
     mine = client.get(f"/api/d/{store.name}/feature/7").json()["top"]
-    reference = starlette_testclient.TestClient(build_app(open_stores(run.folders[:1])))
+    reference = local_client(build_app(open_stores(run.folders[:1])))
     assert mine == reference.get("/api/d/sae/feature/7").json()["top"]
     with pytest.warns(UserWarning, match="no tokenizer"):
         (tmp_path / "viewer_index.safetensors").unlink()

@@ -22,7 +22,7 @@ def test_playground_and_logit_lens_on_gemma(gemma, tmp_path):
                 model="gemma-3-270m")
     save_dictionary(sae, tmp_path / "sae")
     stores = open_stores([tmp_path / "sae"])
-    client = TestClient(build_app(stores, gemma))
+    client = TestClient(build_app(stores, gemma), base_url="http://127.0.0.1")
     text = "The Eiffel Tower is in Paris."
     data = client.post("/api/playground", json={"text": text, "dictionary": "sae",
                                                 "latent": 7}).json()
