@@ -421,3 +421,13 @@ def test_index_built_from_tokens_the_store_carries(run, tmp_path):
     with pytest.warns(UserWarning, match="no tokenizer"):
         (tmp_path / "viewer_index.safetensors").unlink()
         assert open_stores([run.folders[0]], examples=[tmp_path])[0].index is None
+
+
+def test_display_texts_match_token_text_rules(run):
+    from sparselens.interpretation.token_text import token_texts
+    from sparselens.server.token_display import display_texts, is_byte_level
+
+    tokenizer = run.model.tokenizer
+    assert is_byte_level(tokenizer)
+    ids = list(range(300)) if len(tokenizer) >= 300 else list(range(len(tokenizer)))
+    assert display_texts(tokenizer, ids) == token_texts(tokenizer, ids)

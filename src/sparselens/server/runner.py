@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from sparselens.interpretation import token_text
 from sparselens.lens import AddLatent, Lens
 from sparselens.models.source import LoadedModel
 from sparselens.server.store import DictionaryStore
+from sparselens.server.token_display import display_texts, is_byte_level
 
 
 class Unavailable(Exception):
@@ -53,16 +53,9 @@ class ModelRunner:
         return self.loaded.name
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:
-        """`token_text.token_texts`, with the tokenizer's byte-level test done once (it
-        serialises the whole tokenizer: seconds for a 262k vocabulary)."""
-        tokenizer = self.loaded.tokenizer
         if self._byte_level is None:
-            self._byte_level = token_text._is_byte_level(tokenizer)
-        to_pieces = getattr(tokenizer, "convert_ids_to_tokens", None)
-        if to_pieces is None:
-            return token_text.token_texts(tokenizer, ids)
-        return [f"<{i}>" if piece is None else token_text.piece_text(piece, self._byte_level)
-                for i, piece in zip(ids, to_pieces(list(ids)))]
+            self._byte_level = is_byte_level(self.loaded.tokenizer)
+        return display_texts(self.loaded.tokenizer, ids, self._byte_level)
 
     def _get_lens(self) -> Lens:
         if self._lens is None:

@@ -19,7 +19,7 @@ class Config:
     model: str | None = None
     """Model for the playgrounds and the logit lens (embedded name or local folder); None:
     no model (pages from the stored examples only). 'auto': the model the first dictionary
-    names in its config."""
+    names in its config, else the one its activation cache was harvested from."""
     cache: str | None = None
     """Activation cache the example stores were collected from, to build the viewer index on
     first use; None: the run's cache/ folder next to the dictionary, if there is one."""
@@ -51,13 +51,7 @@ def run(cfg: Config) -> int:
     if cfg.model is not None:
         from sparselens.models.source import load_model
 
-        name = cfg.model
-        if name == "auto":
-            from sparselens.io.detect import load_any
-
-            name = load_any(cfg.dictionaries[0]).cfg.model
-            if not name:
-                raise ValueError(f"{cfg.dictionaries[0]} does not name its model; pass --model")
+        name = cfg.model if cfg.model != "auto" else _model_of(cfg.dictionaries[0], cfg.cache)
         print(f"loading {name} ...")
         model = load_model(name, dtype=cfg.dtype, device=cfg.device)
     tokenizer = model.tokenizer if model is not None else None
@@ -69,3 +63,21 @@ def run(cfg: Config) -> int:
                          tokenizer=tokenizer, model_name=model.name if model else None)
     run_server(build_app(stores, model, host=cfg.host), host=cfg.host, port=cfg.port)
     return 0
+
+
+def _model_of(dictionary: str, cache: str | None) -> str:
+    """The model a dictionary was trained on: its config's, else its cache manifest's."""
+    from pathlib import Path
+
+    from sparselens.data.cache import ActivationCache
+    from sparselens.io.detect import load_any
+    from sparselens.server.files import find_cache
+
+    name = load_any(dictionary).cfg.model
+    source = Path(cache) if cache else find_cache(Path(dictionary))
+    if not name and source is not None:
+        name = ActivationCache.open(source, allow_incomplete=True).manifest.get("model")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"neither {dictionary} nor its activation cache names the model; "
+                         "pass --model NAME")
+    return name
