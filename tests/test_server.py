@@ -207,6 +207,8 @@ def test_foreign_host_header_is_refused(client):
 def test_request_bodies_texts_and_lengths_are_bounded(client):
     big = {"text": "a" * 70_000, "dictionary": "run_a-sae"}
     assert client.post("/api/playground", json=big).status_code == 413
+    chunked = iter([b'{"text": "' + b"a" * 40_000, b"a" * 40_000 + b'"}'])  # no Content-Length
+    assert client.post("/api/playground", content=chunked).status_code == 413
     lim = Limits()
     too_long = {"text": "a" * (lim.max_text_chars + 1), "dictionary": "run_a-sae"}
     response = client.post("/api/playground", json=too_long)
