@@ -433,3 +433,15 @@ def test_display_texts_match_token_text_rules(run):
     assert is_byte_level(tokenizer)
     ids = list(range(300)) if len(tokenizer) >= 300 else list(range(len(tokenizer)))
     assert display_texts(tokenizer, ids) == token_texts(tokenizer, ids)
+
+
+def test_example_stores_are_looked_up_only_where_the_pipeline_writes_them(tmp_path):
+    from sparselens.server.files import example_store_candidates
+
+    run = tmp_path / "runs" / "x"
+    assert list(example_store_candidates(run / "sae")) == [
+        run / "sae", run / "sae" / "report", run / "sae" / "report", run / "report"]
+    elsewhere = tmp_path / "my_dictionary"  # not a run layout: the parent's report/ is not it
+    assert tmp_path / "report" not in list(example_store_candidates(elsewhere))
+    step = run / "sae" / "checkpoints" / "step_100"
+    assert run / "sae" / "report" in list(example_store_candidates(step))

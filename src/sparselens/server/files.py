@@ -44,13 +44,14 @@ def run_folder(dictionary_folder: Path) -> Path:
 
 def example_store_candidates(folder: Path) -> Iterable[Path]:
     """Where `sparselens report` and `sparselens run` leave an example store for `folder`:
-    inside it, in its ``report/``, or in the run's sibling ``report/`` (runs/X/sae ->
-    runs/X/report)."""
+    inside it, in its ``report/``, or, for the ``sae/`` folder of a `sparselens run` layout,
+    the run's sibling ``report/`` (runs/X/sae -> runs/X/report)."""
     run = run_folder(folder)
     yield folder
     yield folder / "report"
     yield run / "report"
-    yield run.parent / "report"
+    if run.name == "sae":
+        yield run.parent / "report"
 
 
 def find_example_store(folder: Path, given: Path | None = None) -> Path | None:

@@ -78,7 +78,10 @@ def open_stores(paths: Sequence[str | Path], *, cache: str | Path | None = None,
     for i, (name, folder) in enumerate(zip(_unique_names(folders), folders)):
         given = Path(examples[i]).expanduser() if examples is not None else None
         builder = _index_builder(folder, Path(cache) if cache else None, tokenizer, model_name)
-        stores.append(open_store(name, folder, given, builder))
+        store = open_store(name, folder, given, builder)
+        found = store.examples.path if store.examples else "none (run `sparselens report`)"
+        print(f"{name}: {folder} · examples {found}", flush=True)
+        stores.append(store)
     return stores
 
 

@@ -288,7 +288,7 @@
       charts.appendChild(histogram(title, d.density.edges, d.density.counts,
                                    "fraction of tokens a latent fires on (log scale)",
                                    "latents",
-                                   { xTick: (v) => `1e${v.toFixed(1)}` }));
+                                   { xTick: (v) => fmt(Number(Math.pow(10, v).toPrecision(2))) }));
     } else {
       charts.appendChild(el("p", "muted", "No example store: run `sparselens report` for " +
                                           "densities and examples."));
