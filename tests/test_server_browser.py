@@ -203,6 +203,7 @@ def test_unknown_page_says_so(browser):
 def test_steering_playground_shows_both_generations(browser):
     page = browser
     visit(page, "#/steer?d=run_a-sae&f=2&coef=40&n=6")
+    page.wait_for_selector(".steer-hint:has-text('reaches')")
     page.fill("#steer-prompt", "The cat")
     page.click("#steer-run")
     page.wait_for_selector(".side-by-side .column")

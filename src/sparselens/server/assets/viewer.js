@@ -729,6 +729,21 @@
     form.appendChild(prompt);
     form.appendChild(controls);
     root.appendChild(form);
+    const hint = el("p", "muted steer-hint");
+    root.appendChild(hint);
+    const showScale = async () => {
+      try {
+        const f = await api(`/api/d/${encodeURIComponent(select.value)}/feature/` +
+                            `${Number(latent.value)}`);
+        hint.textContent = f.stats ? `Latent ${latent.value} reaches ${fmt(f.stats.max)} on ` +
+          "its top example; a coefficient a few times that is a strong push." : "";
+      } catch (err) {
+        hint.textContent = "";
+      }
+    };
+    latent.addEventListener("change", showScale);
+    select.addEventListener("change", showScale);
+    showScale();
     const out = el("div", "steer-out");
     root.appendChild(out);
     form.addEventListener("submit", async (event) => {
