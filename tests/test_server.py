@@ -445,3 +445,13 @@ def test_example_stores_are_looked_up_only_where_the_pipeline_writes_them(tmp_pa
     assert tmp_path / "report" not in list(example_store_candidates(elsewhere))
     step = run / "sae" / "checkpoints" / "step_100"
     assert run / "sae" / "report" in list(example_store_candidates(step))
+
+
+def test_token_lookup_exact_first_then_case_variants(stores):
+    from sparselens.server.index import find_token_entries
+
+    index = stores[0].index
+    texts = [index.text_of(i) for i in find_token_entries(index, "P")]
+    assert texts[0] == "P" and "p" in texts and all(t.strip().lower() == "p" for t in texts)
+    assert find_token_entries(index, "no such token") == []
+    assert find_token_entries(index, "") == []

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -129,7 +130,6 @@ class ViewerIndex:
         self._bytes = self._file.get_tensor("vocab_bytes")
         self._raw = memoryview(self._bytes.numpy())
         self._specials = set(self._file.get_tensor("special_ids").tolist())
-        self._by_text: tuple[dict[str, list[int]], dict[str, list[int]]] | None = None
 
     @classmethod
     def open_if_current(cls, examples_file: Path) -> ViewerIndex | None:
@@ -167,19 +167,20 @@ class ViewerIndex:
         ids = self._tokens[row:row + 1, start:end].reshape(-1).long()
         return Context(self.texts(ids), [int(i) in self._specials for i in ids.tolist()], start)
 
-    def entries_by_text(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-        """Vocabulary entries by exact text and by case/space-folded text (built on the first
-        token search: one pass over the vocabulary; later searches are lookups)."""
-        if self._by_text is None:
-            bounds = self._offsets.tolist()
-            exact: dict[str, list[int]] = {}
-            folded: dict[str, list[int]] = {}
-            for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-                text = str(self._raw[a:b], "utf-8", "replace")
-                exact.setdefault(text, []).append(i)
-                folded.setdefault(text.strip().lower(), []).append(i)
-            self._by_text = (exact, folded)
-        return self._by_text
+    def entries_with_text(self, text: str) -> list[int]:
+        """Vocabulary entries whose display text is exactly `text`: a vectorised byte
+        comparison over the entries of that length (milliseconds for 260k entries, no
+        per-entry Python work, nothing kept in memory)."""
+        wanted = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        if not wanted.size:
+            return []
+        offsets = self._offsets.numpy()
+        same_length = np.nonzero(np.diff(offsets) == wanted.size)[0]
+        if not same_length.size:
+            return []
+        raw = np.frombuffer(self._raw, dtype=np.uint8)
+        spans = raw[offsets[same_length][:, None] + np.arange(wanted.size)]
+        return same_length[(spans == wanted).all(axis=1)].tolist()
 
     def latents_on_token(self, vocab_index: int, limit: int) -> list[tuple[int, float]]:
         """(latent, number of its top examples on this token), most first."""
@@ -193,12 +194,19 @@ class ViewerIndex:
 
 
 def find_token_entries(index: ViewerIndex, query: str, limit: int = 8) -> list[int]:
-    """Vocabulary entries matching `query`: the exact text first (' Paris'), then the same
-    text ignoring case and surrounding whitespace."""
-    exact, folded = index.entries_by_text()
-    first = exact.get(query, [])
-    rest = [i for i in folded.get(query.strip().lower(), []) if i not in first]
-    return (first + rest)[:limit]
+    """Vocabulary entries matching `query`: the exact text first (' Paris', leading space
+    significant), then its usual variants: lower, Capitalised, UPPER and Title case, each with
+    and without a leading space."""
+    if not query:
+        return []
+    base = query.strip()
+    variants = [query] + [prefix + form for form in (base, base.lower(), base.capitalize(),
+                                                     base.upper(), base.title())
+                          for prefix in (" ", "")]
+    found: list[int] = []
+    for text in dict.fromkeys(variants):
+        found += [i for i in index.entries_with_text(text) if i not in found]
+    return found[:limit]
 
 
 def tokenizer_for(model_name: str | os.PathLike) -> object:

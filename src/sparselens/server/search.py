@@ -2,8 +2,9 @@
 
 - ``42`` or ``#42``: latent 42 of every dictionary that has it.
 - a token (`` Paris``): latents whose top examples sit on that token, from the viewer index;
-  the exact token text first (leading space significant), then case/space-insensitive matches;
-  ranked by how many of their top examples are on it.
+  the exact token text first (leading space significant), then its case variants with and
+  without a leading space (`index.find_token_entries`); ranked by how many of their top
+  examples are on it.
 - words: latents whose explanation contains all of them.
 """
 

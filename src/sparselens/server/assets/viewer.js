@@ -576,7 +576,8 @@
     });
     root.appendChild(form);
     root.appendChild(el("p", "muted", "A token matches exactly first (mind the leading space " +
-                                      "of word tokens), then ignoring case and spaces."));
+                                      "of word tokens), then in other case, with or without " +
+                                      "the space."));
     if (!query) return;
     const data = await api("/api/search?q=" + encodeURIComponent(query));
     const list = el("div", "results");
