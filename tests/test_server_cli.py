@@ -13,6 +13,7 @@ from pathlib import Path
 
 from conftest import byte_tokenizer, free_port, random_chunks
 from sparselens.dictionaries import build
+from sparselens.io.native import save_dictionary
 
 
 def _get(url: str) -> dict:
@@ -30,7 +31,7 @@ def test_serve_command_builds_the_index_from_the_run_cache(tmp_path, tiny_llama)
     run = tmp_path / "run"
     harvest(tiny_llama, random_chunks(12), ["resid.1"], run / "cache",
             HarvestConfig(batch_size=4, shard_tokens=64, heldout_fraction=0.2, progress=False))
-    build("topk", d_in=32, n_latents=64, k=4, hookpoint="resid.1").save(run / "sae")
+    save_dictionary(build("topk", d_in=32, n_latents=64, k=4, hookpoint="resid.1"), run / "sae")
     tokenizer_dir = tmp_path / "tokenizer"
     byte_tokenizer().save_pretrained(tokenizer_dir)
     assert main(["report", str(run / "sae"), "--cache", str(run / "cache"), "--out",
