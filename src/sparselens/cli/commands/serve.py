@@ -53,6 +53,8 @@ def run(cfg: Config) -> int:
     if not 0 < cfg.port < 65536:
         raise ValueError(f"--port must be from 1 to 65535, got {cfg.port}")
     graphs = load_graphs(cfg.graphs or ())  # before the slow part: a bad file fails at once
+    for graph in graphs:
+        print(f"graph {graph.name}: {graph.path} · {len(graph.data['nodes'])} nodes", flush=True)
     model = None
     if cfg.model is not None:
         from sparselens.models.source import load_model
