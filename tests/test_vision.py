@@ -181,8 +181,8 @@ def test_harvest_resumes_and_refuses_another_source(tmp_path) -> None:
 
 def test_harvest_train_evaluate_end_to_end(tmp_path) -> None:
     from sparselens.cli.main import main
-    from sparselens.io.native import load_dictionary
     from sparselens.evaluation import reconstruction_metrics
+    from sparselens.io.native import load_dictionary
 
     loaded = tiny_dinov2()
     records = folder_images(write_images(tmp_path / "imgs", 40)[0].parent)
