@@ -200,3 +200,17 @@ def test_harvest_train_evaluate_end_to_end(tmp_path) -> None:
     baseline = reconstruction_metrics(untrained, heldout, "resid.1")
     assert trained["l0"] <= 4 + 1e-6
     assert trained["fvu"] < 0.5 * baseline["fvu"] and trained["fvu"] < 0.5
+
+
+def test_harvest_images_command(tmp_path, capsys) -> None:
+    from sparselens.cli.main import main
+
+    tiny_dinov2().model.save_pretrained(tmp_path / "model")
+    write_images(tmp_path / "imgs", 5)
+    assert main(["harvest-images", str(tmp_path / "imgs"), "--model", str(tmp_path / "model"),
+                 "--out", str(tmp_path / "cache"), "--size", str(SIZE), "--max-images", "3",
+                 "--hookpoints", "resid.0", "resid.1"]) == 0, capsys.readouterr().err
+    assert "48 patch rows from 3 images (4x4 patches)" in capsys.readouterr().out
+    cache = ActivationCache.open(tmp_path / "cache")
+    assert cache.hookpoints == ["resid.0", "resid.1"]
+    assert cache.manifest["corpus"]["keys"] == ["img000.jpg", "img001.png", "img002.jpg"]
