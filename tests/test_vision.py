@@ -214,3 +214,45 @@ def test_harvest_images_command(tmp_path, capsys) -> None:
     cache = ActivationCache.open(tmp_path / "cache")
     assert cache.hookpoints == ["resid.0", "resid.1"]
     assert cache.manifest["corpus"]["keys"] == ["img000.jpg", "img001.png", "img002.jpg"]
+
+
+def labelled_records(n: int, seed: int = 0) -> list:
+    """Noisy pictures with a red (label 0) or blue (label 1) square somewhere."""
+    from sparselens.data.images import ImageRecord
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        pixels = rng.integers(0, 80, (SIZE, SIZE, 3)).astype(np.uint8)
+        top, left = (int(v) for v in rng.integers(0, SIZE // 2, 2))
+        label = i % 2
+        pixels[top:top + SIZE // 2, left:left + SIZE // 2] = (230, 30, 30) if label == 0 \
+            else (30, 30, 230)
+        image = Image.fromarray(pixels)
+        records.append(ImageRecord(key=f"x{i}", load=lambda image=image: image, label=label))
+    return records
+
+
+def test_linear_probe_reads_labels_from_mean_patches(tmp_path) -> None:
+    from sparselens.evaluation.probing import linear_probe, probe_cache
+
+    cfg = HarvestConfig(**{**FP32.__dict__, "heldout_fraction": 0.3})
+    records = labelled_records(60)
+    harvest_images(tiny_dinov2(), records, ["resid.1"], tmp_path / "cache", SIZE, cfg)
+    cache = ActivationCache.open(tmp_path / "cache")
+    result = probe_cache(cache, "resid.1")
+    assert result["n_test"] >= 8 and result["n_train"] + result["n_test"] == 60
+    assert result["accuracy"] >= 0.9 > result["majority_baseline"]
+    # the same features with the labels shuffled: no better than chance
+    from sparselens.evaluation.probing import image_features
+
+    features = image_features(cache, "resid.1")
+    torch.manual_seed(0)
+    labels = torch.tensor([r.label for r in records])[torch.randperm(60)]
+    train = ~cache.is_heldout(torch.arange(60))
+    shuffled = linear_probe(features, labels, train)
+    assert shuffled["accuracy"] < 0.8
+    with pytest.raises(ValueError, match="no image labels"):
+        harvest_images(tiny_dinov2(), folder_images(write_images(tmp_path / "u", 3)[0].parent),
+                       ["resid.1"], tmp_path / "unlabelled", SIZE, FP32)
+        probe_cache(ActivationCache.open(tmp_path / "unlabelled"), "resid.1")
