@@ -19,7 +19,10 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
 
 from sparselens.dictionaries.base import Dictionary
 from sparselens.training import distributed as dp
@@ -27,7 +30,26 @@ from sparselens.training.device_batch import DeviceBatch
 
 if TYPE_CHECKING:
     from sparselens.training.metrics_log import MetricsLog
-    from sparselens.training.trainer import Trainer
+
+
+class Trainer(Protocol):
+    """What the loop needs of a `trainer.Trainer` (a protocol, so that trainer.py, which calls
+    this loop, is not imported back)."""
+
+    cfg: Any
+    data: Callable[..., Any]
+    device: torch.device
+    dictionary: Dictionary
+    out_dir: Path | None
+    progress: Any
+    failed: NonFiniteLoss | None
+
+    @property
+    def done(self) -> bool: ...
+    def begin(self) -> None: ...
+    def step(self, batch: DeviceBatch, log: MetricsLog) -> None: ...
+    def finish(self, log: MetricsLog) -> None: ...
+    def open_log(self, name: str = ..., position: int = ...) -> MetricsLog: ...
 
 
 class NonFiniteLoss(ValueError):
