@@ -180,9 +180,23 @@ def sentiment_task() -> LabelledTask:
                         "sentiment of a template sentence (positive/negative adjective)")
 
 
+ENTERTAINMENT = {"the film", "the concert", "his latest book", "that game", "the lecture"}
+
+
+def topic_sentiment_task() -> LabelledTask:
+    """Two binary attributes per sentence, for SCR: topic (entertainment or service/product,
+    from the subject) and sentiment (from the adjective); label ``"topic,sentiment"``."""
+    base = sentiment_task()
+    labels = [("entertainment" if any(s in text for s in ENTERTAINMENT) else "service")
+              + "," + label for text, label in zip(base.texts, base.labels)]
+    return LabelledTask("topic_sentiment", base.texts, labels, base.documents,
+                        "topic and sentiment of a template sentence (two attributes, for SCR)")
+
+
 BUILTIN_TASKS: dict[str, Callable[[], LabelledTask]] = {
     "reference_section": reference_section_task, "code_language": code_language_task,
     "natural_language": natural_language_task, "sentiment": sentiment_task}
+"""Multi-class tasks for sparse probing and TPP; `topic_sentiment_task` is SCR's."""
 
 
 def build_task(name: str) -> LabelledTask:
