@@ -94,8 +94,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
         if f.metadata.get("positional"):
             # Positional: optional on the command line, so the field default still applies.
             kwargs.pop("dest")
-            parser.add_argument(name, nargs="?", **{k: v for k, v in kwargs.items()
-                                                    if k not in ("nargs", "const")})
+            many = kwargs.get("nargs") == "+"  # a list field takes any number of values
+            parser.add_argument(name, nargs="*" if many else "?",
+                                **{k: v for k, v in kwargs.items() if k not in ("nargs", "const")})
             continue
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
 
