@@ -89,3 +89,16 @@ def test_one_class_user_task_is_skipped_with_reason(two_saes, tmp_path: Path) ->
     record = read_results(out / "seed0.json")
     assert "two labels" in record["sparse_probing"]["skipped_tasks"]["one"]
     assert record["absorption"] is None
+
+
+def test_report_rows_from_a_plain_eval_json(tmp_path: Path) -> None:
+    from sparselens.evaluation.bench_page import evaluation_rows
+    from sparselens.evaluation.results import results_record, write_results
+
+    record = results_record({}, {}, {"l0": 12.0, "fvu": 0.2, "dead_fraction": 0.0}, None)
+    record["absorption"] = {"skipped": "no word tokens"}
+    write_results(tmp_path / "eval.json", record)
+    rows = dict(evaluation_rows(tmp_path / "eval.json"))
+    assert rows["L0"] == "12" and rows["FVU"] == "0.2"
+    assert rows["absorption fraction"] == "skipped: no word tokens"
+    assert "TPP (N=20)" not in rows

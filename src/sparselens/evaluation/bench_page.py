@@ -118,3 +118,17 @@ def write_comparison(records: dict[str, dict[str, Any]], out: Path) -> Path:
             f"<table><tr><th>dictionary</th>{head}</tr>{body}</table>{image}")
     atomic_write_bytes(out / "index.html", page.encode())
     return out / "index.html"
+
+
+def evaluation_rows(path: str | Path) -> list[tuple[str, str]]:
+    """(label, shown value) pairs of a bench or eval JSON, for the HTML report's evaluation
+    section. Metrics not run are left out; skipped ones show their reason."""
+    from sparselens.evaluation.results import read_results
+
+    rows = []
+    for label, value in headline_metrics(read_results(path)).items():
+        if isinstance(value, float):
+            rows.append((label, f"{value:.4g}"))
+        elif isinstance(value, str):
+            rows.append((label, value))
+    return rows
