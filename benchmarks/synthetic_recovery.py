@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from family import FAMILY, level_settings
 
+from family import FAMILY, level_settings
 from sparselens.evaluation.synthetic import (
     SyntheticConfig,
     SyntheticFeatures,

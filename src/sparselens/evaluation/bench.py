@@ -6,6 +6,7 @@ and docs/evaluation.md for every metric.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -256,7 +257,8 @@ def run_bench(paths: Sequence[str | Path], cache: str | Path, out: str | Path,
               cfg: SuiteConfig | None = None, *, loaded: LoadedModel | None = None,
               device: str = "cpu", model_dtype: str = "float32",
               page: bool = True) -> BenchResult:
-    """Every chosen metric for every dictionary; writes ``OUT/<name>.json`` and ``OUT/index.html``."""
+    """Every chosen metric for every dictionary; writes ``OUT/<name>.json`` per dictionary
+    and ``OUT/index.html``."""
     cfg = cfg or SuiteConfig()
     out = Path(out)
     bench = Bench(paths, cache, out, cfg, loaded, device, model_dtype)
@@ -269,7 +271,8 @@ def run_bench(paths: Sequence[str | Path], cache: str | Path, out: str | Path,
         key = {"dictionary": entry.checksum, "data": bench.data_keys(suite),
                "config": config_key(cfg), "suite": suite}
         results[entry.name][suite] = bench.metric_cache.get_or_run(
-            f"{safe_name(entry.name)}-{suite}", key, lambda: getattr(bench, suite)(entry))
+            f"{safe_name(entry.name)}-{suite}", key, functools.partial(
+                getattr(bench, suite), entry))
     for entry in bench.entries:
         done = results[entry.name]
         recon = done.get("reconstruction")

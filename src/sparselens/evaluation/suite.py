@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from sparselens.data.cache import ActivationCache
 from sparselens.dictionaries.base import Dictionary
 from sparselens.evaluation.absorption import AbsorptionConfig
-from sparselens.evaluation.results import SCHEMA, results_record
+from sparselens.evaluation.results import SCHEMA
 from sparselens.evaluation.tasks import BUILTIN_TASKS
 from sparselens.io.atomic import atomic_write_json, read_json
 

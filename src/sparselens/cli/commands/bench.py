@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 NAME = "bench"
 HELP = ("Run the evaluation suite (reconstruction, geometry, dark matter, sparse probing, TPP, "
         "SCR, absorption, seed consistency) on dictionaries; writes OUT/<name>.json per "
