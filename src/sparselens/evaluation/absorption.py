@@ -201,41 +201,66 @@ def word_absorption(codes: Tensor, act: Tensor, probe: Tensor, decoder: Tensor,
     return fraction, full
 
 
-def absorption_metrics(data: LetterWords, codes: Tensor, activations: Tensor, decoder: Tensor,
-                       cfg: AbsorptionConfig = AbsorptionConfig()) -> dict[str, Any]:
-    """The absorption metric from codes and activations at the word position of each prompt."""
-    if codes.shape[0] != len(data.words) or codes.shape[1] != decoder.shape[0]:
-        raise ValueError(f"codes {tuple(codes.shape)} do not match {len(data.words)} words and "
-                         f"a decoder of {decoder.shape[0]} latents")
+@dataclass
+class AbsorptionInputs:
+    """What the absorption step needs from the probes: per letter, the probe, the main
+    latents and the test rows (indices into the words) the probe gets right."""
+
+    probe_weight: Tensor
+    probe_f1: float
+    main: dict[int, list[int]]
+    true_positives: dict[int, np.ndarray]
+    missed: dict[int, np.ndarray]
+
+
+def absorption_inputs(data: LetterWords, codes: Tensor, activations: Tensor,
+                      cfg: AbsorptionConfig) -> AbsorptionInputs:
+    """Letter probes, main latents, probe true positives and the k-sparse probe's misses."""
     labels, train, test = data.labels, data.train, data.test
     probe_w, probe_b = train_multi_probe(activations[train], torch.from_numpy(labels[train]))
     probe_scores = (activations[test] @ probe_w.T + probe_b).numpy()
     probe_f1 = float(np.mean([_f1(labels[test] == i, probe_scores[:, i] > 0)
                               for i in range(26)]))
     main, sparse_scores = main_latents(codes, labels, train, test, cfg)
+    true_pos, missed = {}, {}
+    for letter in range(26):
+        rows = np.flatnonzero((labels[test] == letter) & (probe_scores[:, letter] > 0))
+        true_pos[letter] = test[rows]
+        missed[letter] = test[rows[sparse_scores[letter][rows] <= 0]]
+    return AbsorptionInputs(probe_w, probe_f1, main, true_pos, missed)
+
+
+def absorption_metrics(data: LetterWords, codes: Tensor, activations: Tensor, decoder: Tensor,
+                       cfg: AbsorptionConfig = AbsorptionConfig()) -> dict[str, Any]:
+    """The absorption metric from codes and activations at the word position of each prompt."""
+    if codes.shape[0] != len(data.words) or codes.shape[1] != decoder.shape[0]:
+        raise ValueError(f"codes {tuple(codes.shape)} do not match {len(data.words)} words and "
+                         f"a decoder of {decoder.shape[0]} latents")
+    inputs = absorption_inputs(data, codes, activations, cfg)
     per_letter, skipped = {}, {}
     for letter in range(26):
-        true_pos = np.flatnonzero((labels[test] == letter) & (probe_scores[:, letter] > 0))
-        if len(true_pos) < cfg.min_true_positives:
-            skipped[LETTERS[letter]] = (f"{len(true_pos)} probe true positives (need "
+        n_true = len(inputs.true_positives[letter])
+        if n_true < cfg.min_true_positives:
+            skipped[LETTERS[letter]] = (f"{n_true} probe true positives (need "
                                         f"{cfg.min_true_positives})")
             continue
-        missed = true_pos[sparse_scores[letter][true_pos] <= 0]
         fractions, fulls = [], 0
-        for row in missed:
-            index = test[row]
+        for index in inputs.missed[letter]:
             fraction, full = word_absorption(codes[index], activations[index],
-                                             probe_w[letter], decoder, main[letter], cfg)
+                                             inputs.probe_weight[letter], decoder,
+                                             inputs.main[letter], cfg)
             fractions.append(fraction)
             fulls += full
         per_letter[LETTERS[letter]] = {
-            "mean_absorption_fraction": sum(fractions) / len(true_pos),
-            "full_absorption_rate": fulls / len(true_pos), "num_full_absorption": fulls,
-            "num_probe_true_positives": len(true_pos), "num_split_features": len(main[letter]),
-            "main_latents": main[letter]}
+            "mean_absorption_fraction": sum(fractions) / n_true,
+            "full_absorption_rate": fulls / n_true, "num_full_absorption": fulls,
+            "num_probe_true_positives": n_true,
+            "num_split_features": len(inputs.main[letter]),
+            "main_latents": inputs.main[letter]}
     if not per_letter:
         raise ValueError(f"no letter has enough probe true positives: {skipped}")
     mean = {key: float(np.mean([r[key] for r in per_letter.values()]))
             for key in ("mean_absorption_fraction", "full_absorption_rate", "num_split_features")}
-    return {**mean, "probe_f1": probe_f1, "per_letter": per_letter, "skipped_letters": skipped,
-            "n_words": len(data.words), "n_test_words": len(test)}
+    return {**mean, "probe_f1": inputs.probe_f1, "per_letter": per_letter,
+            "skipped_letters": skipped, "n_words": len(data.words),
+            "n_test_words": len(data.test)}
