@@ -79,6 +79,7 @@ class Bench:
         self._lens: Any = None
         self._features: dict[tuple[str, str], PooledFeatures] = {}
         self._heldout: dict[str, Tensor] = {}
+        self._encoded: dict[str, tuple[Tensor, Tensor]] = {}
         self.tasks, self.skipped_tasks = self._tasks()
         self._letters: absorption_metric.LetterWords | None = None
 
@@ -149,6 +150,12 @@ class Bench:
     # ---- metrics ----
 
     def _codes(self, entry: Entry, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Codes and reconstructions of held-out `x` (computed once per dictionary)."""
+        if entry.name not in self._encoded:
+            self._encoded[entry.name] = self._encode(entry, x)
+        return self._encoded[entry.name]
+
+    def _encode(self, entry: Entry, x: Tensor) -> tuple[Tensor, Tensor]:
         d = entry.dictionary
         device, dtype = d.W_dec.device, d.W_dec.dtype
         codes, recon = [], []
