@@ -297,6 +297,7 @@ def run_bench(paths: Sequence[str | Path], cache: str | Path, out: str | Path,
             record.setdefault(section, None)
         record["bench"] = {"config": config_key(cfg), "suites": list(cfg.suites),
                            "seconds": {s: r.get("seconds") for s, r in done.items()},
+                           "cpu_seconds": {s: r.get("cpu_seconds") for s, r in done.items()},
                            "cached": {s: r.get("cached") for s, r in done.items()},
                            "skipped_tasks": bench.skipped_tasks}
         check_bench_record(record)
