@@ -24,11 +24,13 @@ import torch
 from torch import Tensor
 
 from sparselens.data.chunking import special_token_ids
+from sparselens.data.taps import forward_kwargs
 from sparselens.dictionaries.base import Dictionary
 from sparselens.lens.attached import Attached
 from sparselens.lens.codes import SparseCodes
 from sparselens.lens.dispatch import Action, Dispatcher, Frame
 from sparselens.lens.edits import Edit, Splice
+from sparselens.lens.freeze import freeze_actions
 from sparselens.lens.tokens import Inputs, Tokens, context_length, pad_id, tokenize
 from sparselens.models.hookpoints import Hookpoint, StopForward, capture, resolve
 from sparselens.models.source import LoadedModel
@@ -51,6 +53,8 @@ class LensOutput:
 
     tokens: Tokens
     logits: Tensor
+    captured: dict[str, Tensor] = field(default_factory=dict)
+    """Activations asked for with ``capture=`` (after edits), by the name given."""
 
 
 @dataclass
@@ -77,6 +81,8 @@ class Leaves:
 
     codes: dict[str, Tensor] = field(default_factory=dict)
     errors: dict[str, Tensor] = field(default_factory=dict)
+    inputs: dict[str, Tensor] = field(default_factory=dict)
+    embeddings: Tensor | None = None
 
 
 class Lens:
@@ -111,7 +117,7 @@ class Lens:
             name = Path(path).name
             if name in lens.attached:
                 name = str(path)
-            lens.attach(name, load_any(path, device=device))
+            lens.attach(name, load_any(path).to(device))
         return lens
 
     # ---- attaching ----
@@ -142,7 +148,6 @@ class Lens:
         target = target_hookpoint or dictionary.cfg.target_hookpoint
         write = self._one_site(target, name) if target else read
         self._check_widths(name, dictionary, read, write)
-        dictionary.eval().requires_grad_(False)  # inference only: no stray .grad on weights
         attached = Attached(name, dictionary, read, write)
         self.attached[name] = attached
         return attached
@@ -209,8 +214,7 @@ class Lens:
 
         with self._dispatch.activate([grab(a) for a in chosen]), \
                 contextlib.suppress(StopForward):
-            self.model(input_ids=tokens.ids, attention_mask=tokens.attention_mask,
-                       use_cache=False)
+            self._run(tokens)
         keep = ~tokens.special
         codes = {}
         for att in chosen:
@@ -274,16 +278,51 @@ class Lens:
 
     def forward(self, inputs: Inputs | Tokens, edits: Sequence[Edit] = (),
                 splice: Sequence[str] = (), keep_error: bool = False,
-                grad: bool | None = None) -> LensOutput:
-        """Full forward pass with logits, under edits and splices. Gradients follow the
-        surrounding mode (on inside `attribution`) unless `grad` says otherwise."""
+                capture: Sequence[str] = (), grad: bool | None = None) -> LensOutput:
+        """Full forward pass with logits, under edits and splices, returning the activations
+        at the `capture` hookpoints too. Gradients follow the surrounding mode (on inside
+        `attribution`) unless `grad` says otherwise."""
         tokens = self.tokenize(inputs)
+        captured: dict[str, Tensor] = {}
         with self.edit(*edits), self.splice(list(splice), keep_error) if splice else \
-                contextlib.nullcontext(), \
+                contextlib.nullcontext(), self._capturing(capture, captured, stop=False), \
                 torch.set_grad_enabled(torch.is_grad_enabled() if grad is None else grad):
-            logits = self.model(input_ids=tokens.ids, attention_mask=tokens.attention_mask,
-                                use_cache=False).logits
-        return LensOutput(tokens, logits)
+            logits = self._run(tokens).logits
+        return LensOutput(tokens, logits, captured)
+
+    def capture(self, inputs: Inputs | Tokens, hookpoints: Sequence[str],
+                grad: bool = False) -> dict[str, Tensor]:
+        """Raw activations ``(B, L, width)`` at hookpoints (after any active edits), from one
+        forward pass that stops after the last of them; with `grad` they stay in the autograd
+        graph (inside `attribution`, a site downstream of the leaves)."""
+        captured: dict[str, Tensor] = {}
+        with self._capturing(hookpoints, captured, stop=True), contextlib.suppress(StopForward), \
+                torch.set_grad_enabled(grad):
+            self._run(self.tokenize(inputs))
+        return captured
+
+    @contextlib.contextmanager
+    def _capturing(self, specs: Sequence[str], into: dict[str, Tensor],
+                   stop: bool) -> Iterator[None]:
+        sites = {spec: self._one_site(spec, "capture") for spec in specs}
+
+        def grab(spec: str, hp: Hookpoint) -> Action:
+            def run(x: Tensor, act: Tensor, frame: Frame) -> None:
+                into[spec] = act if torch.is_grad_enabled() else act.detach()
+                if stop and len(into) == len(sites):
+                    raise StopForward
+
+            return Action(hp, hp, run)
+
+        if not sites:
+            yield
+            return
+        with self._dispatch.activate([grab(spec, hp) for spec, hp in sites.items()]):
+            yield
+
+    def _run(self, tokens: Tokens):
+        return self.model(input_ids=tokens.ids, attention_mask=tokens.attention_mask,
+                          **forward_kwargs(self.model))
 
     @torch.no_grad()
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32,
@@ -313,25 +352,71 @@ class Lens:
         return Generation(prompt_list, texts, ids, length)
 
     @contextlib.contextmanager
-    def attribution(self, names: Sequence[str] | str | None = None) -> Iterator[Leaves]:
+    def frozen(self) -> Iterator[None]:
+        """Freeze attention patterns and normalisation denominators for the backward pass
+        (values unchanged): with transcoders as attribution leaves the model is then linear
+        from the leaves to the logits (see `lens.freeze`)."""
+        with self._dispatch.activate(freeze_actions(self.model)):
+            yield
+
+    @contextlib.contextmanager
+    def attribution(self, names: Sequence[str] | str | None = None, *,
+                    keep_error: bool = True, embeddings: bool = False,
+                    scale: float = 1.0, reference: Leaves | None = None) -> Iterator[Leaves]:
         """Make every chosen dictionary's codes and error term autograd leaves.
 
-        Inside the block, forward passes compute the model with ``decode(codes) + error`` at each
-        write site (the clean value) and with gradients on; `Leaves` holds the tensors of the
-        last pass. Special tokens keep their clean activation (no leaves there)."""
+        Inside the block, forward passes compute ``decode(codes) + error`` at each write site
+        (the clean value) with gradients on; `Leaves` holds the tensors of the last pass, and
+        ``inputs[name]``, the activation each dictionary read (part of the graph, so a latent's
+        pre-activation can be differentiated with respect to upstream leaves).
+        `keep_error=False` drops the error terms (the spliced model); `embeddings=True` makes
+        the input embeddings a leaf too; `scale` multiplies the codes. With `reference` (the
+        leaves of an earlier pass on the same tokens) codes and errors are that pass's, not
+        recomputed: integrated gradients scale every layer's clean codes together, errors
+        fixed. Special tokens keep their clean activation."""
         leaves = Leaves()
+        chosen = self._select(names)
 
         def leaf(att: Attached) -> Action:
             def run(x: Tensor, act: Tensor, frame: Frame) -> Tensor:
-                codes = att.codes(x.detach()).detach().requires_grad_(True)
+                if reference is not None:
+                    full = reference.codes[att.name].detach()
+                else:
+                    full = att.codes(x.detach()).detach()
+                codes = (full * scale).requires_grad_(True)
                 recon = att.decode(codes)
-                error = (act.detach().to(recon.dtype) - recon.detach()).requires_grad_(True)
-                leaves.codes[att.name], leaves.errors[att.name] = codes, error
-                new = (recon + error).to(act.dtype)
-                return torch.where(frame.keep.unsqueeze(-1), new, act)
+                new = recon
+                if keep_error:
+                    error = (reference.errors[att.name] if reference is not None else
+                             act.detach().to(recon.dtype) - att.decode(full)).detach()
+                    leaves.errors[att.name] = error.requires_grad_(True)
+                    new = recon + leaves.errors[att.name]
+                leaves.codes[att.name], leaves.inputs[att.name] = codes, x
+                return torch.where(frame.keep.unsqueeze(-1), new.to(act.dtype), act)
 
             return Action(att.read, att.write, run)
 
-        with self._dispatch.activate([leaf(a) for a in self._select(names)]), \
-                torch.enable_grad():
-            yield leaves
+        actions = [leaf(a) for a in chosen]
+        if embeddings:
+            actions.insert(0, self._embedding_leaf(leaves))
+        frozen = [p for a in chosen for p in a.dictionary.parameters() if p.requires_grad]
+        for param in frozen:  # gradients go to the leaves, not into the weights' .grad
+            param.requires_grad_(False)
+        try:
+            with self._dispatch.activate(actions), torch.enable_grad():
+                yield leaves
+        finally:
+            for param in frozen:
+                param.requires_grad_(True)
+
+    def _embedding_leaf(self, leaves: Leaves) -> Action:
+        module = self.model.get_input_embeddings()
+        name = next(n for n, m in self.model.named_modules() if m is module)
+        site = Hookpoint(name, "output")
+
+        def run(x: Tensor, act: Tensor, frame: Frame) -> Tensor:
+            leaves.embeddings = act.detach().requires_grad_(True)
+            # special tokens stay constants, like every other activation there
+            return torch.where(frame.keep.unsqueeze(-1), leaves.embeddings, act.detach())
+
+        return Action(site, site, run)
