@@ -38,10 +38,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--variants", nargs="+", default=list(FAMILY))
     parser.add_argument("--tokens", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="results JSON path")
     args = parser.parse_args()
     n_tokens = args.tokens or (300_000 if args.quick else 2_000_000)
     features = SyntheticFeatures(SyntheticConfig())
-    runs = []
+    runs: list = []
+    out = args.out or RESULTS / ("synthetic_recovery_quick.json" if args.quick
+                                 else "synthetic_recovery.json")
     print(f"{'variant':15s} {'L0':>6s} {'FVU':>6s} {'MMCS':>6s} {'>0.9':>6s} {'absorb':>7s} "
           f"{'sec':>6s}", flush=True)
     for name in args.variants:
@@ -54,6 +57,7 @@ def main() -> None:
         except Exception as error:  # one variant failing must not lose the others' results
             runs.append({"variant": name, "settings": settings, "error": repr(error)})
             print(f"{name:15s} failed: {error!r}", flush=True)
+            write(out, features, n_tokens, runs)
             continue
         seconds = time.perf_counter() - start
         score = score_synthetic(features, dictionary)
@@ -64,11 +68,14 @@ def main() -> None:
               f"{score['fraction_recovered']:6.3f} "
               f"{mean_abs if mean_abs is not None else float('nan'):7.3f} {seconds:6.1f}",
               flush=True)
-    out = RESULTS / ("synthetic_recovery_quick.json" if args.quick else "synthetic_recovery.json")
+        write(out, features, n_tokens, runs)  # after every variant: a cut-off run keeps its rows
+    print(f"wrote {out}")
+
+
+def write(out: Path, features: SyntheticFeatures, n_tokens: int, runs: list) -> None:
     atomic_write_json(out, {"config": SyntheticConfig().__dict__, "k": K, "n_latents": 512,
                             "n_tokens": n_tokens, "expected_l0": features.expected_l0,
                             "runs": runs})
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
