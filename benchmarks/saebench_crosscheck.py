@@ -19,7 +19,9 @@ imported:
   are not cross-checked (SAEBench trains them with minibatch Adam on a GPU; ours differ by
   optimiser, so only the definitions downstream of them are compared exactly).
 
-Writes ``benchmarks/results/saebench_crosscheck.json``.
+``--planted`` uses planted tensors instead of the model (no forward pass; the comparison of the
+two implementations is the same). Writes ``benchmarks/results/saebench_crosscheck.json``
+(``saebench_crosscheck_planted.json``).
 """
 
 from __future__ import annotations
@@ -39,12 +41,45 @@ TENSORS = Path("/tmp/sparselens-saebench-crosscheck.pt")
 KS = (1, 2, 5, 10)
 
 
-def export(dictionary: Path, max_per_class: int, words: int) -> dict:
-    """Our numbers, plus the tensors the reference side needs (saved to TENSORS)."""
+def probing_part(task, codes: torch.Tensor, acts: torch.Tensor, saved: dict,
+                 ours: dict) -> None:
+    """Our sparse-probing accuracies per class, and the rows the reference side needs."""
+    from sparselens.evaluation.probing import binary_tasks, sparse_probing
+
+    result = sparse_probing(task, codes, acts, ks=KS)
+    for cls, (tr, ytr, te, yte) in binary_tasks(task, task.split(), 0).items():
+        if cls not in result["per_class"]:
+            continue
+        saved["probing"].append({"task": task.name, "class": cls, "train": codes[tr],
+                                 "train_y": torch.from_numpy(ytr), "test": codes[te],
+                                 "test_y": torch.from_numpy(yte)})
+        ours["probing"][f"{task.name}/{cls}"] = {
+            k: result["per_class"][cls][f"sae_top_{k}_accuracy"] for k in KS}
+
+
+def absorption_part(data, codes: torch.Tensor, acts: torch.Tensor, decoder: torch.Tensor,
+                    cfg, saved: dict, ours: dict) -> None:
+    """Our per-letter absorption, and the probes, main latents and rows behind it."""
+    from sparselens.evaluation import absorption as ab
+
+    result = ab.absorption_metrics(data, codes, acts, decoder, cfg)
+    inputs = ab.absorption_inputs(data, codes, acts, cfg)
+    letters = {ab.LETTERS[i]: {"rows": torch.from_numpy(inputs.missed[i]),
+                               "n_true_positives": len(inputs.true_positives[i]),
+                               "main": inputs.main[i], "probe": inputs.probe_weight[i]}
+               for i in range(26)}
+    saved["absorption"] = {"codes": codes, "acts": acts, "decoder": decoder,
+                           "letters": letters}
+    ours["absorption"] = {k: {"mean_absorption_fraction": v["mean_absorption_fraction"],
+                              "full_absorption_rate": v["full_absorption_rate"]}
+                          for k, v in result["per_letter"].items()}
+
+
+def export_model(dictionary: Path, max_per_class: int, words: int) -> tuple[dict, dict]:
+    """Tensors from the real model and dictionary."""
     from sparselens.evaluation import absorption as ab
     from sparselens.evaluation.bench import effective_decoder
     from sparselens.evaluation.features import pooled_features, position_features
-    from sparselens.evaluation.probing import binary_tasks, sparse_probing
     from sparselens.evaluation.suite import load_entries
     from sparselens.evaluation.tasks import builtin_tasks
     from sparselens.lens import Lens
@@ -57,29 +92,62 @@ def export(dictionary: Path, max_per_class: int, words: int) -> dict:
     tasks, _ = builtin_tasks(["sentiment", "reference_section"], max_per_class=max_per_class)
     for task in tasks:
         f = pooled_features(lens, "sae", task.texts, max_length=64)
-        result = sparse_probing(task, f.codes, f.activations, ks=KS)
-        for cls, (tr, ytr, te, yte) in binary_tasks(task, task.split(), 0).items():
-            saved["probing"].append({"task": task.name, "class": cls,
-                                     "train": f.codes[tr], "train_y": torch.from_numpy(ytr),
-                                     "test": f.codes[te], "test_y": torch.from_numpy(yte)})
-            ours["probing"][f"{task.name}/{cls}"] = {
-                k: result["per_class"][cls][f"sae_top_{k}_accuracy"] for k in KS}
+        probing_part(task, f.codes, f.activations, saved, ours)
     cfg = ab.AbsorptionConfig(max_words_per_letter=words)
     data = ab.first_letter_dataset(lens.tokenizer, cfg)
     f = position_features(lens, "sae", data.sequences, data.positions)
-    result = ab.absorption_metrics(data, f.codes, f.activations, effective_decoder(entry), cfg)
-    inputs = ab.absorption_inputs(data, f.codes, f.activations, cfg)
-    letters = {ab.LETTERS[i]: {"rows": torch.from_numpy(inputs.missed[i]),
-                               "n_true_positives": len(inputs.true_positives[i]),
-                               "main": inputs.main[i], "probe": inputs.probe_weight[i]}
-               for i in range(26)}
-    saved["absorption"] = {"codes": f.codes, "acts": f.activations,
-                           "decoder": effective_decoder(entry), "letters": letters}
-    ours["absorption"] = {k: {"mean_absorption_fraction": v["mean_absorption_fraction"],
-                              "full_absorption_rate": v["full_absorption_rate"]}
-                          for k, v in result["per_letter"].items()}
-    torch.save(saved, TENSORS)
-    return ours
+    absorption_part(data, f.codes, f.activations, effective_decoder(entry), cfg, saved, ours)
+    return saved, ours
+
+
+def export_planted(seed: int = 0) -> tuple[dict, dict]:
+    """Planted tensors (no model): noisy class latents for probing; letter directions with
+    some words absorbed by word-specific latents, plus partial absorption, for absorption."""
+    import numpy as np
+
+    from sparselens.evaluation import absorption as ab
+    from sparselens.evaluation.tasks import LabelledTask
+
+    gen = torch.Generator().manual_seed(seed)
+    saved: dict = {"probing": [], "absorption": {}}
+    ours: dict = {"probing": {}, "absorption": {}}
+    n = 600
+    labels = [f"c{i % 4}" for i in range(n)]
+    task = LabelledTask("planted", [str(i) for i in range(n)], labels,
+                        [f"d{i // 3}" for i in range(n)])
+    codes = (torch.rand(n, 300, generator=gen) - 0.8).clamp_min(0)
+    for i, label in enumerate(labels):  # weak, noisy class latents: accuracies below 1
+        codes[i, 10 * int(label[1:]):10 * int(label[1:]) + 10] += 0.15 * torch.rand(
+            10, generator=gen)
+    probing_part(task, codes, torch.randn(n, 32, generator=gen), saved, ours)
+    d, per_letter = 64, 40
+    dirs = torch.linalg.qr(torch.randn(d, d, generator=gen))[0][:, :26].T
+    letter = np.repeat(np.arange(26), per_letter)
+    m = len(letter)
+    acts = 5.0 * dirs[torch.from_numpy(letter)] + 0.3 * torch.randn(m, d, generator=gen)
+    decoder = [dirs[i] for i in range(26)]
+    codes = torch.zeros(m, 26 + m)
+    for i in range(m):
+        word = torch.randn(d, generator=gen)
+        word -= (word @ dirs.T) @ dirs
+        word /= word.norm()
+        decoder.append((dirs[letter[i]] + word) / 2**0.5)
+        kind = i % 10
+        if kind == 0:   # fully absorbed
+            acts[i] += 5.0 * word
+            codes[i, 26 + i] = 5.0 * 2**0.5
+        elif kind == 1:  # partly absorbed
+            acts[i] += 3.0 * word
+            codes[i, letter[i]] = 2.0
+            codes[i, 26 + i] = 3.0 * 2**0.5
+        else:
+            codes[i, letter[i]] = 5.0
+    order = np.random.default_rng(seed).permutation(m)
+    data = ab.LetterWords([f"w{i}" for i in range(m)], letter, [[0]] * m, [0] * m,
+                          np.sort(order[m // 4:]), np.sort(order[: m // 4]))
+    absorption_part(data, codes, acts, torch.stack(decoder), ab.AbsorptionConfig(), saved,
+                    ours)
+    return saved, ours
 
 
 def reference() -> None:
@@ -167,6 +235,8 @@ def main() -> None:
     parser.add_argument("--dictionary", type=Path, default=Path("/work/main/runs/default/sae"))
     parser.add_argument("--max-per-class", type=int, default=60)
     parser.add_argument("--words", type=int, default=40)
+    parser.add_argument("--planted", action="store_true",
+                        help="planted tensors instead of the model (no model forward)")
     args = parser.parse_args()
     if args.reference:
         reference()
@@ -174,7 +244,9 @@ def main() -> None:
     if not SAEBENCH_PYTHON.exists():
         sys.exit(f"{SAEBENCH_PYTHON} is missing: create the sae-bench venv first "
                  "(python -m venv /work/venvs/saebench; pip install torch==2.13.0 sae-bench)")
-    ours = export(args.dictionary, args.max_per_class, args.words)
+    saved, ours = (export_planted() if args.planted
+                   else export_model(args.dictionary, args.max_per_class, args.words))
+    torch.save(saved, TENSORS)
     env = {**os.environ, "JAXTYPING_DISABLE": "1"}
     done = subprocess.run([str(SAEBENCH_PYTHON), __file__, "--reference"], env=env,
                           capture_output=True, text=True, check=False)
@@ -186,8 +258,10 @@ def main() -> None:
         print(f"{key}: {value}")
     from sparselens.io.atomic import atomic_write_json
 
-    atomic_write_json(RESULTS / "saebench_crosscheck.json",
-                      {"summary": summary, "ours": ours, "sae_bench": theirs})
+    name = "saebench_crosscheck_planted.json" if args.planted else "saebench_crosscheck.json"
+    atomic_write_json(RESULTS / name, {"tensors": "planted" if args.planted else
+                                       str(args.dictionary), "summary": summary,
+                                       "ours": ours, "sae_bench": theirs})
 
 
 if __name__ == "__main__":
