@@ -38,18 +38,21 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     scores[metric] = 0
     keep = _cumulative_keep(scores, node_threshold)
     keep[metric] = True
-    weights = graph.adjacency.abs()
-    weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-30)
-    target_weight = influence.clone()
-    target_weight[metric] = 1.0
-    edge_scores = weights * target_weight[:, None] * keep[:, None] * keep[None, :]
+    target_weight = influence[graph.targets].clone()
+    target_weight[0] = 1.0  # row 0 is the metric
+    row_kept = keep[graph.targets]
+    edge_scores = graph.normalised_rows() * (target_weight * row_kept)[:, None] * keep[None, :]
     edges = _cumulative_keep(edge_scores.flatten(), edge_threshold).reshape(edge_scores.shape)
-    connected = edges.any(0) | edges.any(1)
+    connected = edges.any(0)
+    connected[graph.targets[edges.any(1)]] = True
     connected[metric] = True
     kept = (keep & connected).nonzero().flatten()
-    adjacency = (graph.adjacency * edges)[kept][:, kept]
-    pruned = Graph(graph.prompt_tokens, graph.metric, graph.value,
-                   [graph.nodes[i] for i in kept.tolist()], adjacency, graph.computed[kept],
-                   influence[kept], {**graph.settings, "node_threshold": node_threshold,
-                                     "edge_threshold": edge_threshold}, graph.bias)
-    return pruned
+    new_index = torch.full((len(graph.nodes),), -1, dtype=torch.long)
+    new_index[kept] = torch.arange(len(kept))
+    rows_kept = (new_index[graph.targets] >= 0).nonzero().flatten()
+    rows = (graph.rows * edges)[rows_kept][:, kept]
+    return Graph(graph.prompt_tokens, graph.metric, graph.value,
+                 [graph.nodes[i] for i in kept.tolist()], rows,
+                 new_index[graph.targets[rows_kept]], influence[kept],
+                 {**graph.settings, "node_threshold": node_threshold,
+                  "edge_threshold": edge_threshold}, graph.bias)
