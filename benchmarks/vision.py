@@ -23,7 +23,7 @@ from sparselens.data.harvest import HarvestConfig
 from sparselens.data.image_harvest import harvest_images
 from sparselens.data.images import image_source
 from sparselens.evaluation import reconstruction_metrics
-from sparselens.evaluation.probing import probe_cache
+from sparselens.evaluation.image_probing import probe_cache
 from sparselens.models.vision import load_vision_model
 from sparselens.pipelines.train import train_on_cache
 from sparselens.training.config import LogConfig, TrainConfig

@@ -234,7 +234,7 @@ def labelled_records(n: int, seed: int = 0) -> list:
 
 
 def test_linear_probe_reads_labels_from_mean_patches(tmp_path) -> None:
-    from sparselens.evaluation.probing import linear_probe, probe_cache
+    from sparselens.evaluation.image_probing import linear_probe, probe_cache
 
     cfg = HarvestConfig(**{**FP32.__dict__, "heldout_fraction": 0.3})
     records = labelled_records(60)
@@ -244,7 +244,7 @@ def test_linear_probe_reads_labels_from_mean_patches(tmp_path) -> None:
     assert result["n_test"] >= 8 and result["n_train"] + result["n_test"] == 60
     assert result["accuracy"] >= 0.9 > result["majority_baseline"]
     # the same features with the labels shuffled: no better than chance
-    from sparselens.evaluation.probing import image_features
+    from sparselens.evaluation.image_probing import image_features
 
     features = image_features(cache, "resid.1")
     torch.manual_seed(0)
