@@ -87,3 +87,14 @@ def test_explanations_are_read_when_present_and_tolerated_when_absent(tmp_path) 
              json.dumps({"feature": 5, "text": "code"}), "not json", '{"latent": 9']
     (tmp_path / "explanations.jsonl").write_text("\n".join(lines))
     assert load_explanations(tmp_path) == {3: "French text", 5: "code"}
+
+
+def test_sparse_and_dense_document_codes_pool_alike() -> None:
+    dense = _docs(5, 6)
+    k = int(max((d != 0).sum(1).max() for d in dense))
+    sparse = [(d.topk(k, dim=1).values, d.topk(k, dim=1).indices) for d in dense]
+    for pool in ("max", "mean", "sum"):
+        a, b = embed(dense, N_LATENTS, pool), embed(sparse, N_LATENTS, pool)
+        assert np.allclose(a.matrix.toarray(), b.matrix.toarray())
+        assert np.allclose(a.matrix.toarray()[2], getattr(dense[2], pool)(0).numpy()
+                           if pool != "max" else dense[2].max(0).values.numpy())

@@ -27,9 +27,13 @@ from sparselens.comparison.matching import EXACT_LIMIT, Matching, match_dense, m
 
 
 def codes_matrix(codes: Any) -> Any:
-    """A scipy CSR ``(n_tokens, n_latents)`` matrix from dense codes or sparse codes (anything
-    with ``values``, ``indices`` ``(N, K)`` and ``n_latents``, like lens.SparseCodes)."""
-    from scipy.sparse import csr_matrix
+    """A scipy CSR ``(n_tokens, n_latents)`` matrix from dense codes, sparse codes (anything
+    with ``values``, ``indices`` ``(N, K)`` and ``n_latents``, like lens.SparseCodes) or a scipy
+    sparse matrix."""
+    from scipy.sparse import csr_matrix, issparse
+
+    if issparse(codes):
+        return csr_matrix(codes)
 
     if isinstance(codes, Tensor):
         dense = codes.detach().reshape(-1, codes.shape[-1]).float().cpu()

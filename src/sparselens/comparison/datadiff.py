@@ -56,26 +56,48 @@ class DocumentEmbeddings:
         return np.asarray(self.fires().sum(axis=0)).ravel() / max(1, self.n_docs)
 
 
-def embed(doc_codes: list[torch.Tensor], n_latents: int, pool: str = "max",
+DocCodes = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+"""One document's codes: dense ``(n_tokens, n_latents)``, or sparse ``(values, indices)`` of
+shape ``(n_tokens, K)`` with 0 values as padding (as `lens.SparseCodes` holds them)."""
+
+
+def pool_document(codes: DocCodes, n_latents: int, pool: str = "max"
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(latent ids, pooled values, n_tokens) of one document, touching only non-zero codes."""
+    if isinstance(codes, torch.Tensor):
+        dense = codes.detach().reshape(-1, n_latents)
+        n_tokens = dense.shape[0]
+        rows, latents = dense.nonzero(as_tuple=True)
+        values = dense[rows, latents].float()
+    else:
+        vals, idx = codes
+        n_tokens = vals.shape[0]
+        keep = vals != 0
+        values, latents = vals[keep].float(), idx[keep].long()
+    ids, inverse = torch.unique(latents, return_inverse=True)
+    init = torch.full((ids.numel(),), float("-inf") if pool == "max" else 0.0)
+    reduce = "amax" if pool == "max" else "sum"
+    pooled = init.scatter_reduce(0, inverse, values, reduce=reduce, include_self=pool != "max")
+    if pool == "mean":
+        pooled = pooled / max(1, n_tokens)
+    return ids.numpy(), pooled.double().numpy(), n_tokens
+
+
+def embed(doc_codes: list[DocCodes], n_latents: int, pool: str = "max",
           texts: list[str] | None = None) -> DocumentEmbeddings:
-    """Pool per-token codes ``(n_tokens_i, n_latents)`` of each document into one row."""
-    from scipy.sparse import csr_matrix, vstack
+    """Pool the per-token codes of each document into one row: ``max`` (default: the
+    strongest activation anywhere in it), ``mean`` over its tokens, or ``sum``."""
+    from scipy.sparse import csr_matrix
 
     if pool not in ("max", "mean", "sum"):
         raise ValueError(f"pool must be max, mean or sum, got {pool!r}")
-    rows, lengths = [], []
-    for codes in doc_codes:
-        codes = codes.detach().float().reshape(-1, n_latents)
-        lengths.append(codes.shape[0])
-        if codes.shape[0] == 0:
-            pooled = codes.new_zeros(n_latents)
-        elif pool == "max":
-            pooled = codes.max(dim=0).values
-        else:
-            pooled = codes.sum(0) / (codes.shape[0] if pool == "mean" else 1)
-        rows.append(csr_matrix(pooled.double().numpy()[None]))
-    matrix = vstack(rows, format="csr") if rows else csr_matrix((0, n_latents))
-    return DocumentEmbeddings(matrix, np.asarray(lengths), list(texts or []))
+    pieces = [pool_document(codes, n_latents, pool) for codes in doc_codes]
+    indptr = np.cumsum([0] + [ids.size for ids, _, _ in pieces])
+    indices = np.concatenate([ids for ids, _, _ in pieces]) if pieces else np.zeros(0, int)
+    data = np.concatenate([vals for _, vals, _ in pieces]) if pieces else np.zeros(0)
+    matrix = csr_matrix((data, indices, indptr), shape=(len(pieces), n_latents))
+    matrix.eliminate_zeros()
+    return DocumentEmbeddings(matrix, np.asarray([n for _, _, n in pieces]), list(texts or []))
 
 
 def _fisher_two_sided(a: int, n_a: int, b: int, n_b: int) -> float:

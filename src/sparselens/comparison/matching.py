@@ -58,6 +58,10 @@ class Matching:
     """Mean over the smaller side of each latent's best similarity to any latent of the other
     side: no one-to-one matching scores more."""
     measure: str = "decoder_cosine"
+    best_a: np.ndarray | None = None
+    """``(n_a,)`` each A latent's best similarity to any B latent (many-to-one), if known."""
+    best_b: np.ndarray | None = None
+    """``(n_b,)`` each B latent's best similarity to any A latent, if known."""
 
     @property
     def pwmcc(self) -> float:
@@ -133,9 +137,11 @@ def match_dense(similarity: Tensor | np.ndarray, measure: str = "similarity") ->
     sim = np.asarray(similarity.detach().cpu().double() if isinstance(similarity, Tensor)
                      else similarity, dtype=np.float64)
     rows, cols = linear_sum_assignment(sim, maximize=True)
-    best = sim.max(axis=1) if sim.shape[0] <= sim.shape[1] else sim.max(axis=0)
+    best_a, best_b = sim.max(axis=1), sim.max(axis=0)
+    best = best_a if sim.shape[0] <= sim.shape[1] else best_b
     return Matching(rows.astype(np.int64), cols.astype(np.int64), sim[rows, cols],
-                    sim.shape[0], sim.shape[1], "exact", float(best.mean()), measure)
+                    sim.shape[0], sim.shape[1], "exact", float(best.mean()), measure,
+                    best_a, best_b)
 
 
 def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
@@ -162,7 +168,7 @@ def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
     match_r, match_c = match_r[order].astype(np.int64), match_c[order].astype(np.int64)
     best = best_a if n_a <= n_b else best_b
     return Matching(match_r, match_c, pair_similarity(match_r, match_c), n_a, n_b, "sparse",
-                    float(np.mean(best)), measure)
+                    float(np.mean(best)), measure, best_a, best_b)
 
 
 @torch.no_grad()
