@@ -1,10 +1,11 @@
 """Documents in, document embeddings out, through the feature API (`sparselens.lens`).
 
 The only place comparison reads a model: each document is tokenized (special tokens as the
-model expects them, cut to `max_tokens`: a document embedding describes the document's start
-when it is longer), batches go through `Lens.encode` (one forward that stops after the
-dictionary's hookpoint), and each document's sparse codes on its non-special tokens are pooled
-(`datadiff.embed`). Documents are batched by length so little padding is computed.
+model expects them, cut to `max_tokens` and to the model's context: a document embedding
+describes the document's start when it is longer), batches go through `Lens.encode` (one
+forward that stops after the dictionary's hookpoint), and each document's sparse codes on its
+non-special tokens are pooled (`datadiff.embed`). Documents are batched by length so little
+padding is computed.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def embed_texts(lens: Lens, name: str, texts: Sequence[str], max_tokens: int = 2
     if not texts:
         raise ValueError("no documents to encode: the corpus is empty")
     tokenizer = lens.tokenizer
+    if lens.context is not None:
+        max_tokens = min(max_tokens, lens.context)
     rows = [tokenizer(text)["input_ids"][:max_tokens] for text in texts]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     per_doc: list[DocCodes | None] = [None] * len(rows)
