@@ -69,6 +69,13 @@ class CorrelationStats:
         denom = self.std_a[rows] * self.std_b[cols]
         return np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0).clip(-1, 1)
 
+    def block(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Dense correlations of every row latent with every column latent."""
+        co = self.co[rows][:, cols].toarray()
+        cov = co / self.n_tokens - np.outer(self.mean_a[rows], self.mean_b[cols])
+        denom = np.outer(self.std_a[rows], self.std_b[cols])
+        return np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0).clip(-1, 1)
+
     def candidate_edges(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(rows, cols) of every latent's `k` most correlated co-firing partners (both ways),
         and each latent's best correlation (a non-co-firing partner's is about 0)."""
@@ -122,7 +129,7 @@ def match_activations(codes_a: Any, codes_b: Any, k: int = 16,
         return match_dense(stats.pairs(rows, cols).reshape(n_a, n_b), "activation_correlation")
     rows, cols, best_a, best_b = stats.candidate_edges(k)
     return match_graph(n_a, n_b, rows, cols, stats.pairs, best_a, best_b,
-                       "activation_correlation")
+                       "activation_correlation", stats.block, exact_limit)
 
 
 def best_partners(codes_a: Any, codes_b: Any) -> tuple[np.ndarray, np.ndarray]:

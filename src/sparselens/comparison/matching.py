@@ -17,7 +17,10 @@ Two solvers, one result type:
   `scipy.sparse.csgraph.min_weight_full_bipartite_matching` (LAPJVsp). Optimal on the graph;
   against the full problem it comes with a certificate: no one-to-one matching can exceed the
   mean of every latent's best similarity (`upper_bound`), so ``upper_bound - pwmcc`` bounds
-  how far from optimal it can be (zero gap = provably optimal).
+  how far from optimal it can be (zero gap = provably optimal). Latents that found no
+  candidate partner, or only a poor one (below 0.3: no counterpart in the other dictionary),
+  are then re-matched exactly among themselves with a dense assignment on that leftover block,
+  when it fits.
 
 Every reported similarity is recomputed in float64 for the pairs chosen, so a dictionary matched
 with a permutation of itself scores exactly 1.
@@ -35,9 +38,14 @@ from torch import Tensor
 
 PairSimilarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Similarity of arbitrary pairs ``(rows, cols) -> (n_pairs,)`` float64."""
+BlockSimilarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""Similarity of every row with every column ``(rows, cols) -> (n_rows, n_cols)`` float64."""
 
 EXACT_LIMIT = 4096 * 4096
 """Largest ``n_a * n_b`` solved densely with linear_sum_assignment (128 MiB of float64)."""
+REFINE_BELOW = 0.3
+"""Pairs the sparse solver matched below this similarity are re-matched densely among
+themselves (they are latents without a real counterpart)."""
 
 
 @dataclass
@@ -130,6 +138,16 @@ def cosine_pairs(a: Tensor, b: Tensor) -> PairSimilarity:
     return similarity
 
 
+def cosine_block(a: Tensor, b: Tensor) -> BlockSimilarity:
+    """Dense float64 cosines between chosen rows of `a` and chosen rows of `b`."""
+    ua, ub = unit_rows(a).double().cpu(), unit_rows(b).double().cpu()
+
+    def block(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return (ua[torch.as_tensor(rows)] @ ub[torch.as_tensor(cols)].T).numpy()
+
+    return block
+
+
 def match_dense(similarity: Tensor | np.ndarray, measure: str = "similarity") -> Matching:
     """Exact optimal matching of a dense ``(n_a, n_b)`` similarity matrix."""
     from scipy.optimize import linear_sum_assignment
@@ -146,26 +164,43 @@ def match_dense(similarity: Tensor | np.ndarray, measure: str = "similarity") ->
 
 def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
                 pair_similarity: PairSimilarity, best_a: np.ndarray, best_b: np.ndarray,
-                measure: str) -> Matching:
+                measure: str, block_similarity: BlockSimilarity | None = None,
+                exact_limit: int = EXACT_LIMIT, refine_below: float = REFINE_BELOW) -> Matching:
     """Optimal matching restricted to the candidate edges (`rows`, `cols`) plus the identity
     pairing (so a full matching exists); similarities from `pair_similarity`.
 
-    `best_a` / `best_b` are each latent's best similarity over *all* partners (for the bound).
+    Latents left without a candidate partner, or matched below `refine_below` (typically those
+    with no counterpart at all, whose best assignment uses edges far down their candidate
+    lists), are then re-matched exactly among themselves with `block_similarity` (dense
+    assignment on the leftover rows and columns, if that block fits in `exact_limit`), which
+    can only raise the total. `best_a` / `best_b` are each latent's best
+    similarity over *all* partners (for the bound).
     """
+    from scipy.optimize import linear_sum_assignment
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
+    candidates = np.unique(np.asarray(rows, np.int64) * n_b + np.asarray(cols, np.int64))
     diagonal = np.arange(min(n_a, n_b), dtype=np.int64)
-    keys = np.unique(np.concatenate([np.asarray(rows, np.int64) * n_b + cols,
-                                     diagonal * n_b + diagonal]))
+    keys = np.union1d(candidates, diagonal * n_b + diagonal)
     r, c = keys // n_b, keys % n_b
     sim = pair_similarity(r, c)
     # Every full matching has min(n_a, n_b) edges, so minimising (3 - sim) maximises the summed
     # similarity; the shift keeps every weight positive (scipy drops explicit zeros).
     graph = csr_matrix((3.0 - sim, (r, c)), shape=(n_a, n_b))
-    match_r, match_c = min_weight_full_bipartite_matching(graph)
+    match_r, match_c = (m.astype(np.int64) for m in min_weight_full_bipartite_matching(graph))
+    if block_similarity is not None:
+        kept = np.isin(match_r * n_b + match_c, candidates)
+        kept &= pair_similarity(match_r, match_c) >= refine_below
+        free_r = np.setdiff1d(np.arange(n_a), match_r[kept])
+        free_c = np.setdiff1d(np.arange(n_b), match_c[kept])
+        if min(free_r.size, free_c.size) > 1 and free_r.size * free_c.size <= exact_limit:
+            sub_r, sub_c = linear_sum_assignment(block_similarity(free_r, free_c),
+                                                 maximize=True)
+            match_r = np.concatenate([match_r[kept], free_r[sub_r]])
+            match_c = np.concatenate([match_c[kept], free_c[sub_c]])
     order = np.argsort(match_r)
-    match_r, match_c = match_r[order].astype(np.int64), match_c[order].astype(np.int64)
+    match_r, match_c = match_r[order], match_c[order]
     best = best_a if n_a <= n_b else best_b
     return Matching(match_r, match_c, pair_similarity(match_r, match_c), n_a, n_b, "sparse",
                     float(np.mean(best)), measure, best_a, best_b)
@@ -218,15 +253,23 @@ def match_decoders(w_a: Tensor, w_b: Tensor, k: int = 16, exact_limit: int = EXA
         result = match_dense(sim, "decoder_cosine")
         result.similarity = cosine_pairs(w_a, w_b)(result.rows, result.cols)
         return result
+    rows, cols, best_a, best_b = decoder_candidates(a, b, k, block)
+    return match_graph(a.shape[0], b.shape[0], rows, cols, cosine_pairs(w_a, w_b), best_a,
+                       best_b, "decoder_cosine", cosine_block(w_a, w_b), exact_limit)
+
+
+def decoder_candidates(a: Tensor, b: Tensor, k: int, block: int = 1024
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate edges (rows, cols) between unit decoders: each latent's `k` nearest partners
+    in both directions; and each latent's best cosine (best_a, best_b)."""
     row_val, row_idx, col_val, col_idx = top_candidates(a, b, k, block)
     n_a, n_b = a.shape[0], b.shape[0]
     rows = np.concatenate([np.repeat(np.arange(n_a), row_idx.shape[1]),
                            col_idx.flatten().cpu().numpy()])
     cols = np.concatenate([row_idx.flatten().cpu().numpy(),
                            np.tile(np.arange(n_b), col_idx.shape[0])])
-    return match_graph(n_a, n_b, rows, cols, cosine_pairs(w_a, w_b),
-                       row_val[:, 0].double().cpu().numpy(),
-                       col_val[0].double().cpu().numpy(), "decoder_cosine")
+    return (rows, cols, row_val[:, 0].double().cpu().numpy(),
+            col_val[0].double().cpu().numpy())
 
 
 def pwmcc(w_a: Tensor, w_b: Tensor, **options: Any) -> float:
