@@ -43,6 +43,8 @@ BlockSimilarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 EXACT_LIMIT = 4096 * 4096
 """Largest ``n_a * n_b`` solved densely with linear_sum_assignment (128 MiB of float64)."""
+PAIR_CHUNK = 16384
+"""Pairs whose cosine is computed at a time (two gathers of this many float64 rows)."""
 REFINE_BELOW = 0.3
 """Pairs the sparse solver matched below this similarity are re-matched densely among
 themselves (they are latents without a real counterpart)."""
@@ -114,8 +116,9 @@ class Matching:
 
 
 def unit_rows(w: Tensor) -> Tensor:
-    """Rows scaled to unit norm (zero rows stay zero), float32 on the same device."""
-    w = w.detach().float()
+    """Rows scaled to unit norm (zero rows stay zero), float32 (or float64 if given) on the
+    same device."""
+    w = w.detach() if w.dtype == torch.float64 else w.detach().float()
     return w / torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(1e-12)
 
 
@@ -129,21 +132,26 @@ def cosine_pairs(a: Tensor, b: Tensor) -> PairSimilarity:
     sq_a, sq_b = (a64 * a64).sum(1), (b64 * b64).sum(1)
 
     def similarity(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        r, c = torch.as_tensor(rows), torch.as_tensor(cols)
-        dots = (a64[r] * b64[c]).sum(1)
-        norms = torch.sqrt(sq_a[r] * sq_b[c])
-        return torch.where(norms > 0, dots / norms.clamp_min(1e-300),
-                           torch.zeros_like(dots)).clamp(-1, 1).numpy()
+        out = np.empty(len(rows))
+        for start in range(0, len(rows), PAIR_CHUNK):  # bounded memory for millions of pairs
+            r = torch.as_tensor(rows[start:start + PAIR_CHUNK])
+            c = torch.as_tensor(cols[start:start + PAIR_CHUNK])
+            dots = torch.linalg.vecdot(a64[r], b64[c])
+            norms = torch.sqrt(sq_a[r] * sq_b[c])
+            out[start:start + PAIR_CHUNK] = torch.where(
+                norms > 0, dots / norms.clamp_min(1e-300), torch.zeros_like(dots)).clamp(-1, 1)
+        return out
 
     return similarity
 
 
 def cosine_block(a: Tensor, b: Tensor) -> BlockSimilarity:
     """Dense float64 cosines between chosen rows of `a` and chosen rows of `b`."""
-    ua, ub = unit_rows(a).double().cpu(), unit_rows(b).double().cpu()
 
     def block(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        return (ua[torch.as_tensor(rows)] @ ub[torch.as_tensor(cols)].T).numpy()
+        ua = unit_rows(a[torch.as_tensor(rows)].double()).double().cpu()
+        ub = unit_rows(b[torch.as_tensor(cols)].double()).double().cpu()
+        return (ua @ ub.T).numpy()
 
     return block
 
