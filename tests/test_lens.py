@@ -4,10 +4,13 @@ leaves and the errors a user can run into, on a tiny Llama built in code."""
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
+import sparselens
 from sparselens.dictionaries import build
 from sparselens.lens import (
     AblateLatents,
@@ -15,6 +18,7 @@ from sparselens.lens import (
     AddVector,
     ClampLatent,
     Lens,
+    SetActivation,
     SparseCodes,
     ZeroAblate,
 )
@@ -222,3 +226,27 @@ def test_bad_input_names_what_to_change(tiny_llama, lens) -> None:
         lens.generate("z" * 60, max_new_tokens=10)
     with pytest.raises(ValueError, match="mean ablation needs means"):
         lens.forward("x", edits=[AblateLatents("sae", [1], mode="mean")])
+
+
+def test_capture_and_set_activation(lens) -> None:
+    tokens = lens.tokenize(TEXTS)
+    out = lens.forward(tokens, capture=["resid.2", "mlp_in.1"])
+    early = lens.capture(tokens, ["resid.2"])
+    assert torch.equal(out.captured["resid.2"], early["resid.2"])
+    assert out.captured["mlp_in.1"].shape == (*tokens.shape, 32)
+    value = torch.zeros_like(early["resid.2"])
+    edited = lens.forward(tokens, edits=[SetActivation("resid.2", value)], capture=["resid.2"])
+    keep = ~tokens.special
+    assert edited.captured["resid.2"][keep].abs().max() == 0
+    assert torch.equal(edited.captured["resid.2"][~keep], early["resid.2"][~keep])
+
+
+def test_only_the_lens_and_the_hookpoint_primitives_install_hooks() -> None:
+    """The feature API is the single place that hooks a model's forward pass (plus the
+    primitives in models/hookpoints that it and the harvest are built on)."""
+    root = Path(sparselens.__file__).parent
+    allowed = {root / "models" / "hookpoints.py", root / "lens" / "dispatch.py"}
+    offenders = [str(path.relative_to(root)) for path in root.rglob("*.py")
+                 if path not in allowed and re.search(
+                     r"register_(forward|full_backward)(_pre)?_hook|\bhooks\(", path.read_text())]
+    assert offenders == []

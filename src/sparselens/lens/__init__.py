@@ -9,6 +9,7 @@ from sparselens.lens.edits import (
     AddVector,
     ClampLatent,
     Edit,
+    SetActivation,
     Splice,
     ZeroAblate,
 )
@@ -16,5 +17,5 @@ from sparselens.lens.lens import Encoding, Generation, Leaves, Lens, LensOutput
 from sparselens.lens.tokens import Tokens
 
 __all__ = ["AblateLatents", "AddLatent", "AddVector", "Attached", "ClampLatent", "Edit",
-           "Encoding", "Generation", "Leaves", "Lens", "LensOutput", "SparseCodes", "Splice",
-           "Tokens", "ZeroAblate"]
+           "Encoding", "Generation", "Leaves", "Lens", "LensOutput", "SetActivation",
+           "SparseCodes", "Splice", "Tokens", "ZeroAblate"]

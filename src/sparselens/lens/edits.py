@@ -169,6 +169,21 @@ class ZeroAblate(Edit):
 
 
 @dataclass(frozen=True)
+class SetActivation(Edit):
+    """Replace the activation at a hookpoint by a given ``(B, L, d)`` tensor (one forward pass
+    over inputs of that shape; e.g. a crosscoder's reconstruction of one of its sources)."""
+
+    hookpoint: str
+    value: Tensor
+
+    def apply(self, target: Attached | None, x: Tensor, act: Tensor) -> Tensor:
+        if self.value.shape != act.shape:
+            raise ValueError(f"SetActivation at {self.hookpoint!r}: the value has shape "
+                             f"{tuple(self.value.shape)}, the activation {tuple(act.shape)}")
+        return self.value.to(device=act.device, dtype=act.dtype)
+
+
+@dataclass(frozen=True)
 class Splice(Edit):
     """Replace the activation by the dictionary's output, optionally plus its error term
     (``act - output``, which gives the original back up to float rounding: a check that the

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from sparselens.data.chunking import special_token_ids
+from sparselens.data.taps import forward_kwargs
 from sparselens.dictionaries.base import Dictionary
 from sparselens.lens.attached import Attached
 from sparselens.lens.codes import SparseCodes
@@ -51,6 +52,8 @@ class LensOutput:
 
     tokens: Tokens
     logits: Tensor
+    captured: dict[str, Tensor] = field(default_factory=dict)
+    """Activations asked for with ``capture=`` (after edits), by the name given."""
 
 
 @dataclass
@@ -142,7 +145,6 @@ class Lens:
         target = target_hookpoint or dictionary.cfg.target_hookpoint
         write = self._one_site(target, name) if target else read
         self._check_widths(name, dictionary, read, write)
-        dictionary.eval().requires_grad_(False)  # inference only: no stray .grad on weights
         attached = Attached(name, dictionary, read, write)
         self.attached[name] = attached
         return attached
@@ -209,8 +211,7 @@ class Lens:
 
         with self._dispatch.activate([grab(a) for a in chosen]), \
                 contextlib.suppress(StopForward):
-            self.model(input_ids=tokens.ids, attention_mask=tokens.attention_mask,
-                       use_cache=False)
+            self._run(tokens)
         keep = ~tokens.special
         codes = {}
         for att in chosen:
@@ -274,16 +275,49 @@ class Lens:
 
     def forward(self, inputs: Inputs | Tokens, edits: Sequence[Edit] = (),
                 splice: Sequence[str] = (), keep_error: bool = False,
-                grad: bool | None = None) -> LensOutput:
-        """Full forward pass with logits, under edits and splices. Gradients follow the
-        surrounding mode (on inside `attribution`) unless `grad` says otherwise."""
+                capture: Sequence[str] = (), grad: bool | None = None) -> LensOutput:
+        """Full forward pass with logits, under edits and splices, returning the activations
+        at the `capture` hookpoints too. Gradients follow the surrounding mode (on inside
+        `attribution`) unless `grad` says otherwise."""
         tokens = self.tokenize(inputs)
+        captured: dict[str, Tensor] = {}
         with self.edit(*edits), self.splice(list(splice), keep_error) if splice else \
-                contextlib.nullcontext(), \
+                contextlib.nullcontext(), self._capturing(capture, captured, stop=False), \
                 torch.set_grad_enabled(torch.is_grad_enabled() if grad is None else grad):
-            logits = self.model(input_ids=tokens.ids, attention_mask=tokens.attention_mask,
-                                use_cache=False).logits
-        return LensOutput(tokens, logits)
+            logits = self._run(tokens).logits
+        return LensOutput(tokens, logits, captured)
+
+    @torch.no_grad()
+    def capture(self, inputs: Inputs | Tokens, hookpoints: Sequence[str]) -> dict[str, Tensor]:
+        """Raw activations ``(B, L, width)`` at hookpoints (after any active edits), from one
+        forward pass that stops after the last of them."""
+        captured: dict[str, Tensor] = {}
+        with self._capturing(hookpoints, captured, stop=True), contextlib.suppress(StopForward):
+            self._run(self.tokenize(inputs))
+        return captured
+
+    @contextlib.contextmanager
+    def _capturing(self, specs: Sequence[str], into: dict[str, Tensor],
+                   stop: bool) -> Iterator[None]:
+        sites = {spec: self._one_site(spec, "capture") for spec in specs}
+
+        def grab(spec: str, hp: Hookpoint) -> Action:
+            def run(x: Tensor, act: Tensor, frame: Frame) -> None:
+                into[spec] = act if torch.is_grad_enabled() else act.detach()
+                if stop and len(into) == len(sites):
+                    raise StopForward
+
+            return Action(hp, hp, run)
+
+        if not sites:
+            yield
+            return
+        with self._dispatch.activate([grab(spec, hp) for spec, hp in sites.items()]):
+            yield
+
+    def _run(self, tokens: Tokens):
+        return self.model(input_ids=tokens.ids, attention_mask=tokens.attention_mask,
+                          **forward_kwargs(self.model))
 
     @torch.no_grad()
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32,
@@ -332,6 +366,13 @@ class Lens:
 
             return Action(att.read, att.write, run)
 
-        with self._dispatch.activate([leaf(a) for a in self._select(names)]), \
-                torch.enable_grad():
-            yield leaves
+        chosen = self._select(names)
+        frozen = [p for a in chosen for p in a.dictionary.parameters() if p.requires_grad]
+        for param in frozen:  # gradients go to the leaves, not into the weights' .grad
+            param.requires_grad_(False)
+        try:
+            with self._dispatch.activate([leaf(a) for a in chosen]), torch.enable_grad():
+                yield leaves
+        finally:
+            for param in frozen:
+                param.requires_grad_(True)
