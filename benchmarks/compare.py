@@ -88,6 +88,7 @@ def itda_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from sparselens.comparison.itda import build_itda
+    from sparselens.data.batch import ActivationBatch
     from sparselens.data.cache import ActivationCache
     from sparselens.training.config import CheckpointConfig, LogConfig, OptimConfig, TrainConfig
     from sparselens.training.trainer import Trainer
@@ -120,8 +121,8 @@ def itda_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     def data(skip: int):
         for i in range(skip * 1024, x.shape[0], 1024):
-            yield type(held)({hookpoint: x[i:i + 1024]}, seq[i:i + 1024], seq[i:i + 1024],
-                             pos[i:i + 1024])
+            yield ActivationBatch({hookpoint: x[i:i + 1024]}, seq[i:i + 1024],
+                                  seq[i:i + 1024], pos[i:i + 1024])
 
     cfg = TrainConfig(architecture="topk", n_latents=spec["n_latents"],
                       dictionary={"k": spec["k"]}, hookpoint=hookpoint,

@@ -127,27 +127,20 @@ def _novel(decoder: Matching | None, activation: Matching | None, shared: Shared
            threshold: float) -> dict[str, list[int]]:
     """Per side, latents whose best partner on every available measure is below threshold
     (latents that never fired on the shared tokens are not called novel: they are dead)."""
-    out = {}
-    for side, n in (("A", None), ("B", None)):
-        best_arrays = []
-        for m in (decoder, activation):
-            if m is not None:
-                best_arrays.append(m.best_a if side == "A" else m.best_b)
-                n = m.n_a if side == "A" else m.n_b
-        if not best_arrays or n is None:
-            out[side] = []
-            continue
-        novel = np.ones(n, dtype=bool)
-        for best in best_arrays:
-            novel &= np.asarray(best) < threshold
-        if shared is not None:
-            examples = shared.examples_a if side == "A" else shared.examples_b
-            counts = examples.counts.numpy()
-            novel &= counts > 0
-            order = np.argsort(-counts[novel], kind="stable")
-            out[side] = np.flatnonzero(novel)[order].tolist()
-        else:
+    measured = [m for m in (decoder, activation) if m is not None]
+    out: dict[str, list[int]] = {"A": [], "B": []}
+    if not measured:
+        return out
+    for side in out:
+        bests = [np.asarray(m.best_a if side == "A" else m.best_b) for m in measured]
+        novel = np.logical_and.reduce([best < threshold for best in bests])
+        if shared is None:
             out[side] = np.flatnonzero(novel).tolist()
+            continue
+        counts = (shared.examples_a if side == "A" else shared.examples_b).counts.numpy()
+        novel &= counts > 0
+        order = np.argsort(-counts[novel], kind="stable")
+        out[side] = np.flatnonzero(novel)[order].tolist()
     return out
 
 

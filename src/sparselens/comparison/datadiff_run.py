@@ -3,6 +3,7 @@ document clusters, and the documents each differing latent retrieves; JSON and a
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class DatadiffResult:
     explanations: dict[int, str] = field(default_factory=dict)
     labels: tuple[str, str] = ("A", "B")
 
+    @functools.cached_property
     def both(self) -> DocumentEmbeddings:
         """Both corpora's documents, A's first."""
         a, b = self.embeddings
@@ -71,7 +73,7 @@ class DatadiffResult:
         return self.labels[0] if doc < self.embeddings[0].n_docs else self.labels[1]
 
     def retrieved(self, latent: int, n: int) -> list[dict[str, Any]]:
-        docs = self.both()
+        docs = self.both
         return [{"corpus": self.corpus_of(i), "document": i, "activation": value,
                  "text": docs.texts[i][:SNIPPET] if docs.texts else ""}
                 for i, value in retrieve(docs, latent, n)]
@@ -109,7 +111,7 @@ def run_datadiff(lens: Any, name: str, texts_a: list[str], texts_b: list[str],
     diff = diff_corpora(emb_a, emb_b, options.alpha, explanations)
     result = DatadiffResult(diff, (emb_a, emb_b), None, explanations or {}, labels)
     if options.n_clusters:
-        result.clustering = cluster_documents(result.both(),
+        result.clustering = cluster_documents(result.both,
                                               min(options.n_clusters, emb_a.n_docs + emb_b.n_docs))
     return result
 
