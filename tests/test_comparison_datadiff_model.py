@@ -50,7 +50,7 @@ def planted(tmp_path_factory):
     outside = ~torch.isin(enc.tokens.ids, topic_ids) & ~enc.tokens.special
     direction = acts[inside].mean(0) - acts[outside].mean(0)
     direction /= direction.norm()
-    proj = (acts - sae.b_dec) @ direction
+    proj = (acts - sae.b_dec.detach()) @ direction
     threshold = float(proj[outside].max() + proj[inside].mean()) / 2
     with torch.no_grad():
         sae.W_enc[:, 0] = 20 * direction
