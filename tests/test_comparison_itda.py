@@ -51,3 +51,19 @@ def test_max_atoms_and_bad_options() -> None:
         build_itda(_batches(x), threshold=1.5)
     with pytest.raises(ValueError, match="no activations"):
         build_itda(iter([]))
+
+
+def test_itda_from_a_cache_compares_hookpoints_by_jaccard(tmp_path, tiny_llama) -> None:
+    from conftest import random_chunks
+    from sparselens.comparison.itda import itda_from_cache
+    from sparselens.data.cache import ActivationCache
+    from sparselens.data.harvest import HarvestConfig, harvest
+
+    harvest(tiny_llama, random_chunks(20, length=16), ["resid.1", "resid.2"], tmp_path,
+            HarvestConfig(batch_size=4, shard_tokens=64, heldout_fraction=0.1, progress=False))
+    cache = ActivationCache.open(tmp_path)
+    one = itda_from_cache(cache, "resid.1", 200, k=4, threshold=0.05, batch_size=32)
+    again = itda_from_cache(cache, "resid.1", 200, k=4, threshold=0.05, batch_size=32)
+    other = itda_from_cache(cache, "resid.2", 200, k=4, threshold=0.05, batch_size=32)
+    assert one.n_seen == 200 and one.jaccard(again) == 1.0
+    assert 0.0 <= one.jaccard(other) < 1.0

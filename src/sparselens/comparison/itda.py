@@ -105,3 +105,24 @@ def build_itda(batches: Iterable[tuple[Tensor, Tensor, Tensor]], k: int = 40,
     if atoms is None:
         raise ValueError("no activations to build an ITDA dictionary from")
     return ITDADictionary(atoms, torch.cat(labels), k, threshold, seen)
+
+
+def itda_from_cache(cache: object, hookpoint: str, n_tokens: int, k: int = 40,
+                    threshold: float = 0.3, batch_size: int = 256,
+                    max_atoms: int | None = None) -> ITDADictionary:
+    """An ITDA dictionary of the first `n_tokens` rows of an activation cache (unshuffled,
+    training split): two hookpoints or two models of one cache see the same tokens in the same
+    order, so their dictionaries' labels are comparable with `ITDADictionary.jaccard`."""
+    name = cache.resolve(hookpoint)  # type: ignore[attr-defined]
+
+    def batches():
+        seen = 0
+        for batch in cache.batches(batch_size, hookpoints=[name],  # type: ignore[attr-defined]
+                                   split="train", shuffle=False):
+            take = min(len(batch), n_tokens - seen)
+            yield batch.acts[name][:take], batch.seq_ids[:take], batch.positions[:take]
+            seen += take
+            if seen >= n_tokens:
+                return
+
+    return build_itda(batches(), k=k, threshold=threshold, max_atoms=max_atoms)
