@@ -16,6 +16,7 @@ ever built (scipy), never the dense ``n_a x n_b`` matrix.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,9 +63,28 @@ class CorrelationStats:
     std_b: np.ndarray
     n_tokens: int
 
+    @functools.cached_property
+    def _sorted_nonzeros(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted keys row * n_b + col, values) of the co-activation non-zeros."""
+        coo = self.co.tocoo()
+        keys = coo.row.astype(np.int64) * self.co.shape[1] + coo.col
+        order = np.argsort(keys)
+        return keys[order], coo.data[order]
+
+    def co_values(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Co-activation sums of the given pairs, by binary search in the sorted keys of the
+        non-zeros (scipy's fancy indexing scans rows: far slower for millions of pairs)."""
+        keys, values = self._sorted_nonzeros
+        wanted = np.asarray(rows, np.int64) * self.co.shape[1] + np.asarray(cols, np.int64)
+        if keys.size == 0:
+            return np.zeros(wanted.size)
+        at = np.searchsorted(keys, wanted).clip(max=keys.size - 1)
+        return np.where(keys[at] == wanted, values[at], 0.0)
+
     def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Pearson correlation of the given pairs (0 where a latent never varies)."""
-        co = np.asarray(self.co[rows, cols]).ravel() if len(rows) else np.zeros(0)
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        co = self.co_values(rows, cols)
         cov = co / self.n_tokens - self.mean_a[rows] * self.mean_b[cols]
         denom = self.std_a[rows] * self.std_b[cols]
         return np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0).clip(-1, 1)
@@ -124,9 +144,8 @@ def match_activations(codes_a: Any, codes_b: Any, k: int = 16,
     stats = correlation_stats(codes_a, codes_b)
     n_a, n_b = stats.co.shape
     if n_a * n_b <= exact_limit:
-        rows = np.repeat(np.arange(n_a), n_b)
-        cols = np.tile(np.arange(n_b), n_a)
-        return match_dense(stats.pairs(rows, cols).reshape(n_a, n_b), "activation_correlation")
+        return match_dense(stats.block(np.arange(n_a), np.arange(n_b)),
+                           "activation_correlation")
     rows, cols, best_a, best_b = stats.candidate_edges(k)
     return match_graph(n_a, n_b, rows, cols, stats.pairs, best_a, best_b,
                        "activation_correlation", stats.block, exact_limit)
