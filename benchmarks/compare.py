@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py                       # matching at 4k, 16k and 65,536 latents
     python benchmarks/compare.py --itda CACHE          # also ITDA vs a TopK SAE on CACHE
+    python benchmarks/compare.py --sizes 0 --itda CACHE    # only ITDA vs SAE
 
 **Matching.** Two decoders of width d = 640 (gemma-3-270m's): A random unit rows, B a noisy
 permutation of A (cosine about 0.8 to its twin) with a fifth of its rows replaced by fresh
@@ -13,8 +14,9 @@ leftover latents that had no candidate partner) apart; at 4,096 latents the dens
 exact solver (linear_sum_assignment) runs too, as a reference for the sparse one's PW-MCC.
 
 **ITDA vs SAE.** On the first `--tokens` training rows of a cache: the time to build an ITDA
-dictionary, and the time to train a TopK SAE on the same rows for one epoch; both then
-reconstruct held-out rows (FVU, L0). Writes ``benchmarks/results/compare.json``.
+dictionary at each threshold, and the time to train a TopK SAE (4,096 latents, k = 32) on the
+same rows for one epoch; both then reconstruct held-out rows (FVU). Writes
+``benchmarks/results/compare.json``.
 """
 
 from __future__ import annotations
@@ -111,13 +113,15 @@ def itda_worker(spec: dict[str, Any]) -> dict[str, Any]:
         return float((xh - recon).pow(2).sum() / (xh - xh.mean(0)).pow(2).sum())
 
     size = spec["itda_batch"]
-    start = time.perf_counter()
-    itda = build_itda(((x[i:i + size], seq[i:i + size], pos[i:i + size])
-                       for i in range(0, x.shape[0], size)), k=spec["k"],
-                      threshold=spec["threshold"])
-    itda_s = time.perf_counter() - start
-    codes = itda.encode(xh)
-    itda_fvu = fvu(codes @ itda.atoms)
+    itdas = []
+    for threshold in spec["thresholds"]:
+        start = time.perf_counter()
+        itda = build_itda(((x[i:i + size], seq[i:i + size], pos[i:i + size])
+                           for i in range(0, x.shape[0], size)), k=spec["k"],
+                          threshold=threshold)
+        seconds = time.perf_counter() - start
+        itdas.append({"threshold": threshold, "seconds": seconds, "atoms": itda.n_atoms,
+                      "fvu": fvu(itda.encode(xh) @ itda.atoms)})
 
     def data(skip: int):
         for i in range(skip * 1024, x.shape[0], 1024):
@@ -136,8 +140,7 @@ def itda_worker(spec: dict[str, Any]) -> dict[str, Any]:
     sae = trainer.dictionary.eval()
     with torch.no_grad():
         sae_fvu = fvu(sae(xh))
-    return {"tokens": int(x.shape[0]), "hookpoint": hookpoint, "itda_s": itda_s,
-            "itda_atoms": itda.n_atoms, "itda_fvu": itda_fvu, "sae_s": sae_s,
+    return {"tokens": int(x.shape[0]), "hookpoint": hookpoint, "itda": itdas, "sae_s": sae_s,
             "sae_latents": spec["n_latents"], "sae_fvu": sae_fvu, "k": spec["k"],
             "heldout_tokens": int(xh.shape[0])}
 
@@ -150,6 +153,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=16, help="candidates per latent")
     parser.add_argument("--itda", help="activation cache for the ITDA vs SAE comparison")
     parser.add_argument("--tokens", type=int, default=32768)
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.03, 0.01],
+                        help="ITDA relative-error thresholds to build with")
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
@@ -157,7 +162,7 @@ def main() -> None:
         print(json.dumps(worker(spec)))
         return
     runs = []
-    for n in args.sizes:
+    for n in args.sizes if args.sizes != [0] else []:
         for solver in (["exact", "sparse"] if n <= 4096 else ["sparse"]):
             result = run_isolated({"kind": "match", "n": n, "d": args.d, "k": args.k,
                                    "solver": solver}, __file__)
@@ -168,10 +173,15 @@ def main() -> None:
                        f"{result.get('solver_s', float('nan')):6.1f} s  peak "
                        f"{result['peak_rss_mb']:7.0f} MB  PW-MCC {result['pwmcc']:.4f} "
                        f"(bound {result['upper_bound']:.4f})"), flush=True)
-    record: dict[str, Any] = {"matching": runs, "machine": "2 cores, shared with other jobs"}
+    record: dict[str, Any] = {"machine": "2 cores, shared with other jobs"}
+    if runs:
+        record["matching"] = runs
+    previous = RESULTS / "compare.json"
+    if previous.exists():  # keep the other part of an earlier run
+        record = {**json.loads(previous.read_text()), **record}
     if args.itda:
         result = run_isolated({"kind": "itda", "cache": args.itda, "tokens": args.tokens,
-                               "k": 32, "threshold": 0.3, "itda_batch": 256,
+                               "k": 32, "thresholds": args.thresholds, "itda_batch": 256,
                                "n_latents": 4096}, __file__)
         record["itda_vs_sae"] = result
         print(json.dumps(result, indent=1))

@@ -68,7 +68,7 @@ class ITDADictionary:
 
 @torch.no_grad()
 def build_itda(batches: Iterable[tuple[Tensor, Tensor, Tensor]], k: int = 40,
-               threshold: float = 0.3, max_atoms: int | None = None) -> ITDADictionary:
+               threshold: float = 0.1, max_atoms: int | None = None) -> ITDADictionary:
     """Stream ``(activations (B, d), seq_ids (B,), positions (B,))`` batches into an ITDA.
 
     An activation joins when matching pursuit with `k` atoms leaves more than `threshold` of
@@ -108,7 +108,7 @@ def build_itda(batches: Iterable[tuple[Tensor, Tensor, Tensor]], k: int = 40,
 
 
 def itda_from_cache(cache: object, hookpoint: str, n_tokens: int, k: int = 40,
-                    threshold: float = 0.3, batch_size: int = 256,
+                    threshold: float = 0.1, batch_size: int = 256,
                     max_atoms: int | None = None) -> ITDADictionary:
     """An ITDA dictionary of the first `n_tokens` rows of an activation cache (unshuffled,
     training split): two hookpoints or two models of one cache see the same tokens in the same
