@@ -51,3 +51,14 @@ def test_paired_spaces_beat_the_permutation_baseline_and_random_pairs_do_not() -
 def test_too_few_pairs_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 3"):
         paired_space_similarity(_rand(5, 3, seed=0), _rand(5, 3, seed=1), [0, 1], [0, 1])
+
+
+def test_the_fast_permutation_path_equals_the_definitions() -> None:
+    w_a, w_b = _rand(60, 8, seed=10), _rand(60, 11, seed=11)
+    pairs = np.arange(60)
+    result = paired_space_similarity(w_a, w_b, pairs, pairs, n_permutations=3, seed=4)
+    assert result.svcca == pytest.approx(svcca(w_a, w_b), abs=1e-9)
+    assert result.cka == pytest.approx(linear_cka(w_a, w_b), abs=1e-9)
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(4))
+    assert result.baseline_svcca[0] == pytest.approx(svcca(w_a, w_b[order]), abs=1e-9)
+    assert result.baseline_cka[0] == pytest.approx(linear_cka(w_a, w_b[order]), abs=1e-9)
