@@ -16,6 +16,7 @@ from sparselens.circuits.metrics import logit, logit_diff, loss
 from sparselens.circuits.prune import prune
 from sparselens.circuits.validate import validate
 from sparselens.dictionaries import Dictionary, DictionaryConfig, build
+from sparselens.io.native import save_dictionary
 from sparselens.lens import Lens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -161,6 +162,14 @@ def test_bad_input_is_named(lens) -> None:
     partial = Lens(make_tiny_llama(seed=5), dict(list(random_transcoders().items())[:2]))
     with pytest.raises(ValueError, match=r"none writes mlp_out of layer\(s\) \[2, 3\]"):
         attribution_graph(partial, "hi", logit(lens.tokenizer, "d"), progress=False)
+    sae = build("topk", d_in=32, n_latents=16, k=2, hookpoint="resid.1")
+    with pytest.raises(ValueError, match="not a transcoder of one block's MLP"):
+        attribution_graph(Lens(make_tiny_llama(seed=5), {**random_transcoders(), "sae": sae}),
+                          "hi", logit(lens.tokenizer, "d"), progress=False)
+    twice = {**random_transcoders(), "again": random_transcoders(seed=1)["tc2"]}
+    with pytest.raises(ValueError, match="more than one transcoder per layer"):
+        attribution_graph(Lens(make_tiny_llama(seed=5), twice), "hi", logit(lens.tokenizer, "d"),
+                          progress=False)
     with pytest.raises(ValueError, match="model context"):
         attribution_graph(lens, "q" * 100, logit(lens.tokenizer, "d"), progress=False)
 
@@ -210,7 +219,7 @@ def test_circuit_and_flow_commands_write_json(tmp_path) -> None:
     loaded.tokenizer.save_pretrained(model_dir)
     folders = []
     for name, tc in random_transcoders().items():
-        tc.save(tmp_path / name)
+        save_dictionary(tc, tmp_path / name)
         folders.append(str(tmp_path / name))
     out = tmp_path / "graph.json"
     assert main(["circuit", "--model", str(model_dir), "--transcoders", *folders,

@@ -15,6 +15,7 @@ from sparselens.comparison.compare import CompareOptions, compare_dictionaries
 from sparselens.comparison.matching import match_decoders
 from sparselens.data.batch import ActivationBatch
 from sparselens.dictionaries.base import Dictionary, build
+from sparselens.io.native import save_dictionary
 
 D, N_TRUE, BATCH = 32, 40, 128
 
@@ -88,8 +89,8 @@ def test_permuted_self_through_the_cli_scores_one_on_both_measures(tiny_cache, t
                                                                   capsys) -> None:
     torch.manual_seed(0)
     a = build("topk", d_in=32, n_latents=64, k=4, hookpoint="resid.2")
-    a.save(tmp_path / "a")
-    _permuted(a).save(tmp_path / "b")
+    save_dictionary(a, tmp_path / "a")
+    save_dictionary(_permuted(a), tmp_path / "b")
     tokenizer = tmp_path / "tokenizer"
     byte_tokenizer().save_pretrained(tokenizer)
     out = tmp_path / "out"
@@ -132,8 +133,8 @@ def test_two_hookpoints_and_a_wider_dictionary(tiny_cache, tmp_path) -> None:
 
 
 def test_bad_input_is_said_plainly(tmp_path, capsys) -> None:
-    build("topk", d_in=32, n_latents=16, k=2).save(tmp_path / "a")
-    build("topk", d_in=24, n_latents=16, k=2).save(tmp_path / "b")
+    save_dictionary(build("topk", d_in=32, n_latents=16, k=2), tmp_path / "a")
+    save_dictionary(build("topk", d_in=24, n_latents=16, k=2), tmp_path / "b")
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
                  str(tmp_path / "out")]) == 0
     assert "no decoder cosine; give --cache" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from conftest import make_tiny_llama
 from sparselens.cli.main import main
 from sparselens.comparison.datadiff_run import DatadiffOptions, run_datadiff
 from sparselens.dictionaries.base import build
+from sparselens.io.native import save_dictionary
 from sparselens.lens import Lens
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "off", "to", "see",
@@ -55,7 +56,7 @@ def planted(tmp_path_factory):
     with torch.no_grad():
         sae.W_enc[:, 0] = 20 * direction
         sae.b_enc[0] = -20 * threshold
-    sae.save(root / "sae")
+    save_dictionary(sae, root / "sae")
     return {"root": root, "lens": lens}
 
 

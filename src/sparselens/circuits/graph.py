@@ -150,23 +150,31 @@ class Graph:
 
 
 def check_transcoders(lens: Lens, names: list[str]) -> None:
-    """Every block's MLP must be replaced by exactly one attached transcoder."""
-    from sparselens.models.hookpoints import find_blocks, resolve
+    """Every block's MLP path must be replaced by exactly one attached transcoder: one that
+    reads and writes inside that block (``mlp_in.L -> mlp_out.L``, or, as circuit-tracer's Gemma
+    mapping does, through the norm after the MLP) at two different sites."""
+    from sparselens.models.hookpoints import find_blocks
 
-    _, blocks = find_blocks(lens.model)
-    wanted = {resolve(lens.model, f"mlp_out.{i}")[0]: i for i in range(len(blocks))}
-    have = {lens.attached[n].write: n for n in names}
-    missing = [i for hp, i in wanted.items() if hp not in have]
+    prefix, blocks = find_blocks(lens.model)
+    per_block: dict[int, list[str]] = {}
+    for name in names:
+        att = lens.attached[name]
+        inside = [i for i in range(len(blocks))
+                  if att.write.module.startswith(f"{prefix}.{i}.")
+                  and att.read.module.startswith(f"{prefix}.{i}.")]
+        if not inside or att.read == att.write:
+            raise ValueError(f"dictionary {name!r} reads {att.read} and writes {att.write}: not "
+                             "a transcoder of one block's MLP (read mlp_in.L, write mlp_out.L)")
+        per_block.setdefault(inside[0], []).append(name)
+    missing = [i for i in range(len(blocks)) if i not in per_block]
     if missing:
         raise ValueError(f"attribution graphs need a transcoder for every layer's MLP; none "
                          f"writes mlp_out of layer(s) {missing}. Train them with `sparselens "
                          "train --hookpoint mlp_in.L --target-hookpoint mlp_out.L` and pass one "
                          "per layer")
-    for name in names:
-        att = lens.attached[name]
-        if att.write not in wanted or att.read == att.write:
-            raise ValueError(f"dictionary {name!r} reads {att.read} and writes {att.write}: not "
-                             "an MLP transcoder (read mlp_in.L, write mlp_out.L)")
+    doubled = {i: n for i, n in per_block.items() if len(n) > 1}
+    if doubled:
+        raise ValueError(f"more than one transcoder per layer: {doubled}; pass one per layer")
 
 
 def layer_order(lens: Lens, names: list[str]) -> list[str]:

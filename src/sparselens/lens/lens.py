@@ -191,9 +191,12 @@ class Lens:
     # ---- reading ----
 
     def tokenize(self, inputs: Inputs | Tokens, max_length: int | None = None,
-                 padding_side: Literal["left", "right"] = "right") -> Tokens:
+                 padding_side: Literal["left", "right"] = "right",
+                 truncate: bool = False) -> Tokens:
+        """Token grid of texts or ids (longer than the context: an error, or cut with
+        `truncate`)."""
         return tokenize(self.tokenizer, inputs, context=self.context, max_length=max_length,
-                        padding_side=padding_side).to(self.device)
+                        padding_side=padding_side, truncate=truncate).to(self.device)
 
     @torch.no_grad()
     def encode(self, inputs: Inputs | Tokens, names: Sequence[str] | str | None = None
@@ -278,16 +281,19 @@ class Lens:
 
     def forward(self, inputs: Inputs | Tokens, edits: Sequence[Edit] = (),
                 splice: Sequence[str] = (), keep_error: bool = False,
-                capture: Sequence[str] = (), grad: bool | None = None) -> LensOutput:
+                capture: Sequence[str] = (), grad: bool | None = None,
+                logits_to_keep: int | None = None) -> LensOutput:
         """Full forward pass with logits, under edits and splices, returning the activations
         at the `capture` hookpoints too. Gradients follow the surrounding mode (on inside
-        `attribution`) unless `grad` says otherwise."""
+        `attribution`) unless `grad` says otherwise. `logits_to_keep=k` computes the logits
+        of the last k positions only (a 262k vocabulary makes the rest expensive)."""
         tokens = self.tokenize(inputs)
         captured: dict[str, Tensor] = {}
         with self.edit(*edits), self.splice(list(splice), keep_error) if splice else \
                 contextlib.nullcontext(), self._capturing(capture, captured, stop=False), \
                 torch.set_grad_enabled(torch.is_grad_enabled() if grad is None else grad):
-            logits = self._run(tokens).logits
+            extra = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
+            logits = self._run(tokens, **extra).logits
         return LensOutput(tokens, logits, captured)
 
     def capture(self, inputs: Inputs | Tokens, hookpoints: Sequence[str],
@@ -320,9 +326,9 @@ class Lens:
         with self._dispatch.activate([grab(spec, hp) for spec, hp in sites.items()]):
             yield
 
-    def _run(self, tokens: Tokens):
+    def _run(self, tokens: Tokens, **extra: int):
         return self.model(input_ids=tokens.ids, attention_mask=tokens.attention_mask,
-                          **forward_kwargs(self.model))
+                          **forward_kwargs(self.model), **extra)
 
     @torch.no_grad()
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32,

@@ -78,7 +78,7 @@ def run(cfg: Config) -> int:
 
 def _tokenizer(name: str | None, cache) -> object | None:
     """The tokenizer that shows contexts, or None (contexts left out) if it cannot be found."""
-    from sparselens.cli.commands.report import load_tokenizer
+    from sparselens.models.source import load_tokenizer
 
     source = name or cache.manifest.get("model")
     if not isinstance(source, str):
