@@ -54,7 +54,7 @@ def decoders(n: int, d: int, seed: int = 0):
 def match_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from sparselens.comparison.matching import (
+    from sparselens.evaluation.matching import (
         cosine_block,
         cosine_pairs,
         decoder_candidates,

@@ -12,9 +12,9 @@ import torch
 from conftest import byte_tokenizer, random_chunks
 from sparselens.cli.main import main
 from sparselens.comparison.compare import CompareOptions, compare_dictionaries
-from sparselens.comparison.matching import match_decoders
 from sparselens.data.batch import ActivationBatch
 from sparselens.dictionaries.base import Dictionary, build
+from sparselens.evaluation.matching import match_decoders
 from sparselens.io.native import save_dictionary
 
 D, N_TRUE, BATCH = 32, 40, 128

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sparselens.comparison.correlation import best_partners, codes_matrix, match_activations
-from sparselens.comparison.matching import match_decoders, match_dense, pwmcc, unit_rows
+from sparselens.evaluation.matching import match_decoders, match_dense, pwmcc, unit_rows
 
 
 def _decoder(n: int, d: int, seed: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sparselens.comparison.matching import unit_rows
 from sparselens.comparison.splitting import feature_splits, fit_splits
+from sparselens.evaluation.matching import unit_rows
 
 
 def test_planted_split_is_found_and_unsplit_latents_are_not() -> None:

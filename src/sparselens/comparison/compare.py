@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from sparselens.comparison.correlation import match_activations
-from sparselens.comparison.matching import Matching, match_decoders
 from sparselens.comparison.splitting import SplitFit, feature_splits
 from sparselens.comparison.universality import SpaceSimilarity, paired_space_similarity
 from sparselens.dictionaries.base import Dictionary
+from sparselens.evaluation.matching import Matching, match_decoders
 from sparselens.interpretation.examples import ExampleCollector, FeatureExamples
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sparselens.comparison.matching import EXACT_LIMIT, Matching, match_dense, match_graph
+from sparselens.evaluation.matching import EXACT_LIMIT, Matching, match_dense, match_graph
 
 
 def codes_matrix(codes: Any) -> Any:

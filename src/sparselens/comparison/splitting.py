@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sparselens.comparison.matching import top_candidates, unit_rows
+from sparselens.evaluation.matching import top_candidates, unit_rows
 
 
 @dataclass

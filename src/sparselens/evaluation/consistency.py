@@ -18,20 +18,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from sparselens.evaluation.geometry import unit_rows
+from sparselens.evaluation.matching import Matching
+from sparselens.evaluation.matching import match_decoders as match
 
 
 def match_decoders(a: Tensor, b: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Optimal one-to-one matching of decoder rows: ``(rows of a, rows of b, cosines)``."""
+    """Optimal one-to-one matching of decoder rows: ``(rows of a, rows of b, cosines)``
+    (`evaluation.matching`, shared with `sparselens compare`)."""
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"decoders of width {a.shape[1]} and {b.shape[1]} live in different "
                          "spaces: compare dictionaries trained on the same hookpoint")
-    cos = (unit_rows(a) @ unit_rows(b).T).double().numpy()
-    rows, cols = linear_sum_assignment(cos, maximize=True)
-    return rows, cols, cos[rows, cols]
+    matching: Matching = match(a.detach().float().cpu(), b.detach().float().cpu())
+    return matching.rows, matching.cols, matching.similarity
 
 
 def consistency_metrics(a: Tensor, b: Tensor, *, threshold: float = 0.7) -> dict[str, Any]:
