@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# Pinned torch first: the CPU build lies on disk; anything looser pulls a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,embeddings]'
+	$(PY) -m pip install --quiet -e '.[test,embeddings,explain]'
 	touch $(STAMP)
 
 install: $(STAMP)
