@@ -46,35 +46,44 @@ class CachedClient:
 
     def complete(self, requests: Sequence[ChatRequest],
                  on_result: OnResult | None = None) -> list[Result]:
+        """Cached answers at once; the rest from the backend, each distinct request once
+        (identical requests in one call share one answer)."""
         results: list[Result | None] = [None] * len(requests)
-        missing = []
+        waiting: dict[str, list[int]] = {}
         for i, request in enumerate(requests):
+            key = request.key(self.identity)
+            if key in waiting:
+                waiting[key].append(i)
+                continue
             found = self.lookup(request)
             if found is None:
-                missing.append(i)
+                waiting[key] = [i]
                 continue
             self.hits += 1
             results[i] = found
             if on_result:
                 on_result(i, found)
+        keys = list(waiting)
 
         def store(j: int, result: Result) -> None:
-            i = missing[j]
+            first = waiting[keys[j]][0]
+            if results[first] is not None:
+                return
             if isinstance(result, ChatResponse):
-                request = requests[i]
-                atomic_write_json(self._path(request.key(self.identity)),
+                request = requests[first]
+                atomic_write_json(self._path(keys[j]),
                                   {"model": self.identity, "request": _request_json(request),
                                    "response": result.to_json()})
-            results[i] = result
-            if on_result:
-                on_result(i, result)
+            for i in waiting[keys[j]]:
+                results[i] = result
+                if on_result:
+                    on_result(i, result)
 
-        if missing:
-            self.misses += len(missing)
-            answers = self.client.complete([requests[i] for i in missing], store)
+        if keys:
+            self.misses += len(keys)
+            answers = self.client.complete([requests[waiting[k][0]] for k in keys], store)
             for j, answer in enumerate(answers):
-                if results[missing[j]] is None:
-                    store(j, answer)
+                store(j, answer)
         return [r if r is not None else _lost() for r in results]
 
 
