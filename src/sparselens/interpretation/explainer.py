@@ -108,7 +108,7 @@ FOLLOW_UP = ("Your answer did not end with the required line. Reply with one lin
 def follow_up_request(request: ChatRequest, answer: str) -> ChatRequest:
     """The same conversation plus the unparsable answer and a request for the one line."""
     return ChatRequest(messages=(*request.messages, ("assistant", answer), ("user", FOLLOW_UP)),
-                       max_tokens=64, temperature=request.temperature)
+                       max_tokens=min(64, request.max_tokens), temperature=request.temperature)
 
 
 _MARKER = re.compile(r"\[?\**\s*explanation\s*\**\]?\s*\**\s*[:：\-]\s*(.*)", re.IGNORECASE)

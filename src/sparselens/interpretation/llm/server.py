@@ -70,6 +70,8 @@ class LocalServer:
                                "pip install 'sparselens[explain]' (or pip install xllamacpp)"
                                ) from None
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+        if self.log:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         cmd = [sys.executable, "-m", "sparselens.interpretation.llm.server", str(self.gguf),
                "--port", str(self.port), "--n-ctx", str(self.n_ctx),
