@@ -37,7 +37,7 @@ from sparselens.interpretation.explainer import (
 )
 from sparselens.interpretation.llm.base import ChatResponse, LLMClient, LLMError
 from sparselens.interpretation.llm.cache import CachedClient
-from sparselens.interpretation.scoring import Scorer, TestData, make_scorers
+from sparselens.interpretation.scoring import HeldOutData, Scorer, make_scorers
 from sparselens.interpretation.scoring.stats import bootstrap_mean
 from sparselens.io.atomic import atomic_write_json, atomic_write_text
 
@@ -189,9 +189,9 @@ class _Run:
         return drafts
 
     # phase 2 ---------------------------------------------------------------------------
-    def test_data(self, latent: int, alive: Sequence[int]) -> TestData:
+    def test_data(self, latent: int, alive: Sequence[int]) -> HeldOutData:
         n = self.cfg.n_test
-        data = TestData(latent, self.reader.activating(latent, "test", n),
+        data = HeldOutData(latent, self.reader.activating(latent, "test", n),
                         self.reader.contexts(latent, "random", "test", limit=n))
         if any(not s.uses_explanation for s in self.scorers):
             others = [j for j in alive if j != latent]

@@ -1,6 +1,6 @@
 """Scores for explanations of latents (Paulo et al. 2024; Bills et al. 2023)."""
 
-from sparselens.interpretation.scoring.base import Score, Scorer, TestData
+from sparselens.interpretation.scoring.base import HeldOutData, Score, Scorer
 from sparselens.interpretation.scoring.classify import DetectionScorer, FuzzingScorer
 from sparselens.interpretation.scoring.embedding import EmbeddingScorer
 from sparselens.interpretation.scoring.intruder import IntruderScorer
@@ -17,4 +17,4 @@ def make_scorers(names: list[str]) -> list[Scorer]:
     return [SCORERS[n]() for n in names]
 
 
-__all__ = ["SCORERS", "Score", "Scorer", "TestData", "make_scorers"]
+__all__ = ["SCORERS", "Score", "Scorer", "HeldOutData", "make_scorers"]

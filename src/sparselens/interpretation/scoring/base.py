@@ -15,7 +15,7 @@ from sparselens.interpretation.llm.base import LLMClient
 
 
 @dataclass
-class TestData:
+class HeldOutData:
     """One latent's test contexts (never shown to the explainer)."""
 
     latent: int
@@ -39,4 +39,4 @@ class Scorer(Protocol):
     chance: float
     """The expected value of the headline number for an uninformative judge."""
 
-    def score(self, explanation: str | None, data: TestData, llm: LLMClient) -> Score: ...
+    def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score: ...

@@ -20,7 +20,7 @@ import random
 
 from sparselens.interpretation.contexts import Context
 from sparselens.interpretation.llm.base import ChatRequest, ChatResponse, LLMClient
-from sparselens.interpretation.scoring.base import Score, TestData
+from sparselens.interpretation.scoring.base import HeldOutData, Score
 from sparselens.interpretation.scoring.stats import auroc, balanced_accuracy
 
 DETECTION_SYSTEM = (
@@ -66,7 +66,7 @@ class DetectionScorer:
     uses_explanation = True
     chance = 0.5
 
-    def score(self, explanation: str | None, data: TestData, llm: LLMClient) -> Score:
+    def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
         contexts = data.activating + data.quiet
         labels = [1] * len(data.activating) + [0] * len(data.quiet)
         requests = [_request(DETECTION_SYSTEM, explanation or "", c.text,
@@ -88,7 +88,7 @@ class FuzzingScorer:
     uses_explanation = True
     chance = 0.5
 
-    def score(self, explanation: str | None, data: TestData, llm: LLMClient) -> Score:
+    def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
         requests, labels = [], []
         for i, context in enumerate(data.activating):
             correct = i % 2 == 0  # contexts come sorted by activation: both halves span it

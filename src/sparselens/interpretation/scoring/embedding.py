@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sparselens.interpretation.embedder import embed
 from sparselens.interpretation.llm.base import LLMClient
-from sparselens.interpretation.scoring.base import Score, TestData
+from sparselens.interpretation.scoring.base import HeldOutData, Score
 from sparselens.interpretation.scoring.stats import auroc
 
 
@@ -15,7 +15,7 @@ class EmbeddingScorer:
     uses_explanation = True
     chance = 0.5
 
-    def score(self, explanation: str | None, data: TestData, llm: LLMClient) -> Score:
+    def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
         contexts = data.activating + data.quiet
         labels = [1] * len(data.activating) + [0] * len(data.quiet)
         if not contexts:

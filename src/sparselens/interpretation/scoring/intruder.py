@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from sparselens.interpretation.llm.base import ChatRequest, ChatResponse, LLMClient
-from sparselens.interpretation.scoring.base import Score, TestData
+from sparselens.interpretation.scoring.base import HeldOutData, Score
 
 SYSTEM = (
     "You are a meticulous linguistics researcher. You get numbered text examples in which some "
@@ -26,7 +26,7 @@ class IntruderScorer:
         self.per_round, self.rounds = per_round, rounds
         self.chance = 1 / (per_round + 1)
 
-    def score(self, explanation: str | None, data: TestData, llm: LLMClient) -> Score:
+    def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
         requests, answers = [], []
         for r in range(min(self.rounds, len(data.intruders))):
             own = data.activating[r * self.per_round:(r + 1) * self.per_round]
