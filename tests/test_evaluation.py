@@ -21,7 +21,7 @@ from sparselens.evaluation import (
     write_results,
 )
 from sparselens.evaluation.results import SCHEMA_VERSION, results_record
-from sparselens.evaluation.spliced import _splice
+from sparselens.lens import Lens, ZeroAblate
 from sparselens.models.hookpoints import capture, resolve
 from sparselens.models.source import LoadedModel
 
@@ -181,8 +181,9 @@ def test_special_positions_are_not_spliced(tiny_llama: LoadedModel, make_chunks)
     ids = torch.stack([c.ids for c in chunks])
     keep = ~torch.stack([c.special for c in chunks])
     hp = resolve(tiny_llama.model, "resid.1")[0]
-    with _splice(tiny_llama.model, hp, hp, keep, lambda x, act: torch.zeros_like(act)):
+    with Lens(tiny_llama).edit(ZeroAblate("resid.1")):
         acts = capture(tiny_llama.model, [hp], stop_early=False, input_ids=ids)[hp]
+    assert keep[:, 0].logical_not().all() and keep[:, 1:].all()
     assert acts[:, 0].abs().sum() > 0 and acts[:, 1:].abs().sum() == 0
 
 

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from sparselens.data.batch import ActivationBatch
-from sparselens.data.taps import ChunkLike, Tap, forward_kwargs, make_taps, stack_chunks
+from sparselens.data.taps import ChunkLike, Tap, make_taps, stack_chunks
 from sparselens.dictionaries.stacked import StackedDictionary
 from sparselens.evaluation.reconstruction import ReconstructionStats
 from sparselens.evaluation.spliced import Predictions, loss_recovered
-from sparselens.models.hookpoints import Hookpoint, edit, hooks
+from sparselens.lens import Lens, SetActivation, ZeroAblate
+from sparselens.models.hookpoints import Hookpoint
 from sparselens.models.source import LoadedModel
 
 
@@ -172,30 +173,19 @@ def _clean_pass(taps: list[Tap], ids: Tensor, predictions: Predictions
     acts: dict[str, Tensor] = {}
     log_probs: dict[str | None, Tensor] = {}
     for tap in taps:
-        names = dict(zip(tap.hookpoints, tap.names))
-
-        def grab(hp: Hookpoint, act: Tensor, names: dict = names) -> None:
-            acts[names[hp]] = act.detach()
-
-        model = tap.loaded.model
-        with hooks(model, list(tap.hookpoints), grab):
-            logits = model(input_ids=ids.to(tap.loaded.device), **forward_kwargs(model)).logits
-        log_probs[tap.label] = _log_probs(logits, predictions)
+        out = Lens(tap.loaded).forward(ids, capture=[str(hp) for hp in tap.hookpoints])
+        for hp, name in zip(tap.hookpoints, tap.names):
+            acts[name] = out.captured[str(hp)]
+        log_probs[tap.label] = _log_probs(out.logits, predictions)
     return acts, log_probs
 
 
 def _spliced_log_probs(tap: Tap, hp: Hookpoint, ids: Tensor, keep: Tensor,
                        replacement: Tensor | None, predictions: Predictions) -> Tensor:
-    """Log-probs with the activation at `hp` replaced (zeros for None) at kept positions."""
-    model = tap.loaded.model
-
-    def replace(act: Tensor) -> Tensor:
-        new = torch.zeros_like(act) if replacement is None else replacement.to(act)
-        return torch.where(keep.to(act.device).unsqueeze(-1), new, act)
-
-    with edit(model, hp, replace):
-        logits = model(input_ids=ids.to(tap.loaded.device), **forward_kwargs(model)).logits
-    return _log_probs(logits, predictions)
+    """Log-probs with the activation at `hp` replaced (zeros for None) at non-special
+    positions (the lens leaves special tokens alone, which is what `keep` marks)."""
+    edit = ZeroAblate(str(hp)) if replacement is None else SetActivation(str(hp), replacement)
+    return _log_probs(Lens(tap.loaded).forward(ids, edits=[edit]).logits, predictions)
 
 
 def _log_probs(logits: Tensor, predictions: Predictions) -> Tensor:
