@@ -4,9 +4,11 @@ from sparselens.interpretation.scoring.base import HeldOutData, Score, Scorer
 from sparselens.interpretation.scoring.classify import DetectionScorer, FuzzingScorer
 from sparselens.interpretation.scoring.embedding import EmbeddingScorer
 from sparselens.interpretation.scoring.intruder import IntruderScorer
+from sparselens.interpretation.scoring.surprisal import SurprisalScorer
 
 SCORERS = {"detection": DetectionScorer, "fuzzing": FuzzingScorer,
-           "embedding": EmbeddingScorer, "intruder": IntruderScorer}
+           "embedding": EmbeddingScorer, "intruder": IntruderScorer,
+           "surprisal": SurprisalScorer}
 
 
 def make_scorers(names: list[str]) -> list[Scorer]:
