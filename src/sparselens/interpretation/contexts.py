@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from sparselens.interpretation.examples import ExampleSet, FeatureExamples
-from sparselens.interpretation.token_text import special_ids, token_texts
+from sparselens.interpretation.token_text import is_byte_level, piece_text, special_ids
 
 Split = Literal["train", "test", "all"]
 
@@ -83,12 +83,18 @@ class ContextReader:
         self.tokenizer = tokenizer
         self.specials = special_ids(tokenizer)
         self._texts: dict[int, str] = {}
+        self._byte_level = is_byte_level(tokenizer)
 
-    def _text(self, token_id: int) -> str:
-        if token_id not in self._texts:
-            self._texts[token_id] = ("" if token_id in self.specials
-                                     else token_texts(self.tokenizer, [token_id])[0])
-        return self._texts[token_id]
+    def _texts_of(self, ids: list[int]) -> tuple[str, ...]:
+        """Display texts, decoding each distinct id once per reader (decoding inspects the
+        tokenizer, which is slow for large vocabularies)."""
+        missing = [i for i in dict.fromkeys(ids) if i not in self._texts]
+        if missing:
+            pieces = self.tokenizer.convert_ids_to_tokens(missing)  # type: ignore[attr-defined]
+            for i, piece in zip(missing, pieces):
+                self._texts[i] = ("" if i in self.specials or piece is None
+                                  else piece_text(piece, self._byte_level))
+        return tuple(self._texts[i] for i in ids)
 
     def contexts(self, latent: int, kind: str, split: Split = "all",
                  limit: int | None = None) -> list[Context]:
@@ -113,7 +119,7 @@ class ContextReader:
             lo, hi = max(0, pos - before), min(int(row.shape[0]), pos + after + 1)
             ids = row[lo:hi].tolist()
             acts = window[lo - (pos - before):hi - (pos - before)].tolist()
-            out.append(Context(tuple(self._text(int(i)) for i in ids), tuple(acts), seq, pos,
+            out.append(Context(self._texts_of([int(i) for i in ids]), tuple(acts), seq, pos,
                                kind))
             if limit is not None and len(out) >= limit:
                 break

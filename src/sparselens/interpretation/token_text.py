@@ -36,6 +36,12 @@ def _byte_level_decoder() -> dict[str, int]:
     return {chr(char): b for b, char in table.items()}
 
 
+def is_byte_level(tokenizer: object) -> bool:
+    """Whether the vocabulary pieces are GPT-2 style byte-level stand-ins (slow for large
+    vocabularies: callers decoding many tokens should ask once)."""
+    return _is_byte_level(tokenizer)
+
+
 def _is_byte_level(tokenizer: object) -> bool:
     if hasattr(tokenizer, "byte_decoder"):
         return True
