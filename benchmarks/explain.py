@@ -33,15 +33,15 @@ from sparselens.interpretation.examples import FeatureExamples
 from sparselens.interpretation.explain import ExplainConfig, explain_latents
 from sparselens.interpretation.explain_setup import default_cache, open_llm, store_tokenizer
 from sparselens.interpretation.store import load_or_collect
-from sparselens.interpretation.token_text import token_texts
 from sparselens.io.native import load_dictionary
 
 RESULTS = Path(__file__).parent / "results" / "explain.json"
 
 
-def single_token_latents(examples: FeatureExamples, n: int, purity: float = 0.9,
-                         min_top: int = 10) -> list[tuple[int, int]]:
-    """(latent, token id) of latents whose top firings sit on one token id."""
+def single_token_latents(examples: FeatureExamples, reader: ContextReader, n: int,
+                         purity: float = 0.9, min_top: int = 10) -> list[tuple[int, int]]:
+    """(latent, token id) of latents whose top firings sit on one token id that is a word of
+    at least three letters (so "named" can be checked by the word appearing)."""
     if examples.tokens is None:
         return []
     top = examples.top
@@ -52,7 +52,14 @@ def single_token_latents(examples: FeatureExamples, n: int, purity: float = 0.9,
     ok = (share >= purity) & (valid.sum(1) >= min_top)
     candidates = torch.nonzero(ok).squeeze(1)
     order = examples.counts[candidates].argsort(descending=True)  # the most frequent first
-    return [(int(j), int(mode[j])) for j in candidates[order][:n]]
+    found = []
+    for j in candidates[order].tolist():
+        word = reader.texts([int(mode[j])])[0].strip()
+        if len(word) >= 3 and word.isalpha():
+            found.append((j, int(mode[j])))
+        if len(found) == n:
+            break
+    return found
 
 
 def run_explain(examples: FeatureExamples, reader: ContextReader, llm_spec: str,
@@ -100,7 +107,7 @@ def main() -> None:
     tokenizer = store_tokenizer(source, cache, None)
     reader = ContextReader(examples, tokenizer)
 
-    known = single_token_latents(examples, args.known)
+    known = single_token_latents(examples, reader, args.known)
     alive = torch.nonzero(examples.counts >= 20).squeeze(1)
     gen = torch.Generator().manual_seed(args.seed)
     picked = alive[torch.randperm(alive.numel(), generator=gen)[:args.latents]].tolist()
@@ -110,7 +117,7 @@ def main() -> None:
 
     named = []
     for latent, token in known:
-        text = token_texts(tokenizer, [token])[0]
+        text = reader.texts([token])[0]
         explanation = server["records"][latent].get("explanation", "")
         named.append({"latent": latent, "token": text, "explanation": explanation,
                       "named": text.strip().lower() in explanation.lower()

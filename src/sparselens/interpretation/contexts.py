@@ -85,7 +85,7 @@ class ContextReader:
         self._texts: dict[int, str] = {}
         self._byte_level = is_byte_level(tokenizer)
 
-    def _texts_of(self, ids: list[int]) -> tuple[str, ...]:
+    def texts(self, ids: list[int]) -> tuple[str, ...]:
         """Display texts, decoding each distinct id once per reader (decoding inspects the
         tokenizer, which is slow for large vocabularies)."""
         missing = [i for i in dict.fromkeys(ids) if i not in self._texts]
@@ -119,7 +119,7 @@ class ContextReader:
             lo, hi = max(0, pos - before), min(int(row.shape[0]), pos + after + 1)
             ids = row[lo:hi].tolist()
             acts = window[lo - (pos - before):hi - (pos - before)].tolist()
-            out.append(Context(self._texts_of([int(i) for i in ids]), tuple(acts), seq, pos,
+            out.append(Context(self.texts([int(i) for i in ids]), tuple(acts), seq, pos,
                                kind))
             if limit is not None and len(out) >= limit:
                 break

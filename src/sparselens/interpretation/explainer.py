@@ -52,6 +52,9 @@ class ExplainerConfig:
     """Ask for reasoning before the explanation (more tokens, often better answers)."""
     max_tokens: int = 96
     """Answer budget; raised to 400 with chain of thought."""
+    mark_fraction: float = 0.1
+    """Tokens are marked when the latent reaches this fraction of its largest activation in
+    the shown examples (weak firings on every token would bury the pattern)."""
 
     def template(self) -> str:
         """The full prompt template this configuration uses."""
@@ -87,11 +90,12 @@ def explanation_request(examples: list[Context], contrast: list[Context],
     scale = max(c.max_activation for c in examples)
     blocks, counts = [], Counter()
     for i, context in enumerate(examples, start=1):
-        firing = context.firing
+        firing = [j for j in context.firing
+                  if context.activations[j] >= cfg.mark_fraction * scale]
         levels = ", ".join(f"{_token(context.tokens[j])} ({_level(context.activations[j], scale)})"
                            for j in firing)
         counts.update(_token(context.tokens[j]) for j in firing)
-        blocks.append(EXAMPLE.format(i=i, text=context.marked(), levels=levels))
+        blocks.append(EXAMPLE.format(i=i, text=context.marked(firing), levels=levels))
     common = ", ".join(f"'{tok}' x{n}" for tok, n in counts.most_common(5))
     user = "\n\n".join(blocks) + "\n\n" + COMMON.format(tokens=common)
     if contrast:
