@@ -32,6 +32,7 @@ from sparselens.interpretation.contexts import ContextReader
 from sparselens.interpretation.examples import FeatureExamples
 from sparselens.interpretation.explain import ExplainConfig, explain_latents
 from sparselens.interpretation.explain_setup import default_cache, open_llm, store_tokenizer
+from sparselens.interpretation.explainer import ExplainerConfig
 from sparselens.interpretation.store import load_or_collect
 from sparselens.io.native import load_dictionary
 
@@ -90,6 +91,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=300_000)
     parser.add_argument("--n-test", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scorers", default="detection,fuzzing,embedding")
+    parser.add_argument("--n-examples", type=int, default=10)
+    parser.add_argument("--answer-tokens", type=int, default=96)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -112,7 +116,10 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     picked = alive[torch.randperm(alive.numel(), generator=gen)[:args.latents]].tolist()
     latents = tuple(dict.fromkeys(picked + [j for j, _ in known]))
-    cfg = ExplainConfig(latents=latents, n_test=args.n_test, seed=args.seed)
+    scorers = tuple(args.scorers.split(","))
+    explainer = ExplainerConfig(n_examples=args.n_examples, max_tokens=args.answer_tokens)
+    cfg = ExplainConfig(latents=latents, scorers=scorers, explainer=explainer,
+                        n_test=args.n_test, seed=args.seed)
     server = run_explain(examples, reader, "local", args.model, cfg, work / "server")
 
     named = []
@@ -126,11 +133,12 @@ def main() -> None:
     local = None
     if args.transformers_latents:
         small = ExplainConfig(latents=tuple(picked[:args.transformers_latents]),
-                              scorers=("detection",), n_test=args.n_test, seed=args.seed)
+                              scorers=("detection",), explainer=explainer,
+                              n_test=args.n_test, seed=args.seed)
         local = run_explain(examples, reader, "transformers", args.model, small,
                             work / "transformers")
 
-    scorers = server["summary"]["scorers"]
+    summary_scores = server["summary"]["scorers"]
     report = {
         "machine": "2 shared CPU cores (other jobs running: timings indicative only)",
         "dictionary": str(source), "n_latents": dictionary.cfg.n_latents,
@@ -139,7 +147,8 @@ def main() -> None:
         "server": {k: v for k, v in server.items() if k not in ("records", "summary")},
         "transformers": None if local is None else
         {k: v for k, v in local.items() if k not in ("records", "summary")},
-        "scorers": scorers, "status": server["summary"]["status"], "known_latents": named,
+        "settings": vars(args), "scorers": summary_scores,
+        "status": server["summary"]["status"], "known_latents": named,
         "explanations": {j: r.get("explanation") for j, r in server["records"].items()},
     }
     out = Path(args.out)
@@ -154,7 +163,7 @@ def main() -> None:
                   f"{part['scored_explanations_per_minute']:>12.2f}"
                   f"{part['requests_per_minute']:>10.1f}")
     print(f"{'scorer':<11}{'score':>7}{'random':>8}{'empty':>8}  margin over random [95% CI]")
-    for name, part in scorers.items():
+    for name, part in summary_scores.items():
         if "margin_over_random" not in part or part["explanation"]["mean"] is None:
             continue
         m = part["margin_over_random"]
