@@ -127,8 +127,8 @@ def test_transcoder_metrics_compare_against_the_target() -> None:
 
 
 @pytest.mark.parametrize("batch, message", [
-    (batch_of(torch.ones(3, 2), name="other"), "no hookpoint 'h'"),
-    (batch_of(torch.ones(3, 5)), r"shape \(3, 5\) but the dictionary expects \(tokens, 2\)"),
+    (batch_of(torch.ones(3, 2), name="other"), "no activations for hookpoint 'h'"),
+    (batch_of(torch.ones(3, 5)), r"width 5 but the dictionary expects 2"),
     (batch_of(torch.tensor([[1.0, float("nan")]])), "NaN or inf"),
 ])
 def test_bad_evaluation_data_is_refused(batch: ActivationBatch, message: str) -> None:

@@ -250,3 +250,17 @@ def test_only_the_lens_and_the_hookpoint_primitives_install_hooks() -> None:
                  if path not in allowed and re.search(
                      r"register_(forward|full_backward)(_pre)?_hook|\bhooks\(", path.read_text())]
     assert offenders == []
+
+
+def test_per_row_vectors_truncation_and_last_logits(tiny_llama) -> None:
+    lens = Lens(tiny_llama)
+    tokens = lens.tokenize(["same text", "same text"])
+    vectors = torch.stack([torch.zeros(32), torch.randn(32)])
+    out = lens.forward(tokens, edits=[AddVector("resid.1", vectors)]).logits
+    clean = lens.forward(tokens).logits
+    assert torch.equal(out[0], clean[0]) and (out[1] - clean[1]).abs().max() > 1e-4
+    assert lens.forward(tokens, logits_to_keep=1).logits.shape[1] == 1
+    cut = lens.tokenize(["y" * 80, "short"], truncate=True)
+    assert cut.shape == (2, 64) and cut.attention_mask[1].sum() == 5
+    with pytest.raises(ValueError, match="2 vectors for a batch of 1"):
+        lens.forward("x", edits=[AddVector("resid.1", vectors)])

@@ -56,7 +56,11 @@ def _parse_bool(text: str) -> bool:
 
 
 def positional(default: Any) -> Any:
-    """A dataclass field given as a positional argument on the command line."""
+    """A dataclass field given as a positional argument on the command line (a list field
+    takes any number of them)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default),
+                                 metadata={"positional": True})
     return dataclasses.field(default=default, metadata={"positional": True})
 
 
@@ -94,8 +98,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
         if f.metadata.get("positional"):
             # Positional: optional on the command line, so the field default still applies.
             kwargs.pop("dest")
-            parser.add_argument(name, nargs="?", **{k: v for k, v in kwargs.items()
-                                                    if k not in ("nargs", "const")})
+            many = "*" if origin in (list, tuple) else "?"
+            parser.add_argument(name, nargs=many, **{k: v for k, v in kwargs.items()
+                                                     if k not in ("nargs", "const")})
             continue
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
 

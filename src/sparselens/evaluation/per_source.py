@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparselens.data.batch import ActivationBatch
+from sparselens.data.batch import ActivationBatch, split_label
+from sparselens.data.sites import Sites
 from sparselens.data.taps import ChunkLike, Tap, make_taps, stack_chunks
 from sparselens.dictionaries.stacked import StackedDictionary
 from sparselens.evaluation.reconstruction import ReconstructionStats
@@ -32,24 +33,14 @@ from sparselens.models.hookpoints import Hookpoint
 from sparselens.models.source import LoadedModel
 
 
-def stacked_rows(batch: ActivationBatch, key: str, dictionary: StackedDictionary) -> Tensor:
-    """The batch's stacked sources under `key`, checked and moved to the dictionary."""
-    if key not in batch.acts:
-        raise ValueError(f"the batches carry no stacked sources {key!r}; they have "
-                         f"{sorted(batch.acts)} (stack them with sparselens.data.paired)")
-    x = batch.acts[key]
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"activations under {key!r} contain NaN or inf; re-harvest the cache")
-    return dictionary.as_sources(x.to(dictionary.W_dec.device, dictionary.W_dec.dtype))
-
-
 def stacked_inputs(batches: Iterable[ActivationBatch], key: str, dictionary: StackedDictionary,
                    max_tokens: int | None = None) -> Iterator[Tensor]:
-    """`stacked_rows` of every batch, ``(N, n_sources, width)``, at most `max_tokens` rows
-    in all (the last batch is cut to fit)."""
+    """The checked stacked sources under `key` of every batch, on the dictionary,
+    ``(N, n_sources, width)``, at most `max_tokens` rows in all (the last batch is cut)."""
     seen = 0
-    for batch in batches:
-        x = stacked_rows(batch, key, dictionary)
+    sites = Sites(key)
+    for index, batch in enumerate(batches):
+        x = dictionary.as_sources(sites.inputs_for(dictionary, batch, index))
         if max_tokens is not None:
             x = x[: max_tokens - seen]
         if x.shape[0] == 0:
@@ -91,8 +82,8 @@ def layer_profile(dictionary: StackedDictionary, batches: Iterable[ActivationBat
     (rows of latents that never fire are 0). Only meaningful for per-source codes (MLSAE)."""
     mass = torch.zeros(dictionary.cfg.n_latents, dictionary.n_sources, dtype=torch.float64,
                        device=dictionary.W_dec.device)
-    for batch in batches:
-        codes = dictionary.encode(stacked_rows(batch, key, dictionary))
+    for x in stacked_inputs(batches, key, dictionary):
+        codes = dictionary.encode(x)
         if codes.ndim != 3:
             raise ValueError("layer_profile needs codes per source (a multi-layer SAE); a "
                              "crosscoder's codes are shared by all sources")
@@ -155,8 +146,7 @@ def _taps(dictionary: StackedDictionary,
     """Taps reading exactly the dictionary's sources from `models`."""
     sources = dictionary.cfg.sources
     labelled = not isinstance(models, LoadedModel)
-    specs = list(dict.fromkeys(s.split("/", 1)[1] if labelled and "/" in s else s
-                               for s in sources))
+    specs = list(dict.fromkeys(split_label(s)[1] if labelled else s for s in sources))
     taps = make_taps(models, specs)
     known = {name for tap in taps for name in tap.names}
     missing = [s for s in sources if s not in known]

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from sparselens.data.batch import ActivationBatch
+from sparselens.data.sites import Sites
 from sparselens.data.split import RULE as SPLIT_RULE
 from sparselens.data.split import heldout_mask
 from sparselens.dictionaries.base import Dictionary
@@ -402,20 +403,8 @@ class ExampleCollector:
 
 
 def batch_input(batch: ActivationBatch, hookpoint: str, dictionary: Dictionary) -> Tensor:
-    """The batch's activations at `hookpoint`, checked and moved to the dictionary."""
-    if hookpoint not in batch.acts:
-        raise ValueError(f"the batches carry no activations for hookpoint {hookpoint!r}; "
-                         f"they have {sorted(batch.acts)}")
-    x = batch.acts[hookpoint]
-    if x.ndim != 2 or x.shape[1] != dictionary.cfg.d_in:
-        raise ValueError(f"activations at {hookpoint!r} have shape {tuple(x.shape)}, the "
-                         f"dictionary expects (batch, {dictionary.cfg.d_in}): is it the "
-                         "dictionary trained on this hookpoint?")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"activations at {hookpoint!r} contain NaN or inf; the cache or the "
-                         "model run that produced them is broken")
-    reference = next(dictionary.parameters())
-    return x.to(device=reference.device, dtype=reference.dtype)
+    """The `Sites` accessor for one hookpoint, kept under its old name for callers of it."""
+    return Sites(hookpoint).inputs_for(dictionary, batch)
 
 
 @torch.no_grad()
@@ -433,8 +422,9 @@ def collect_examples(dictionary: Dictionary, batches: Iterable[ActivationBatch],
                                  device=next(dictionary.parameters()).device,
                                  n_random=n_random, pool_size=pool_size, split=split)
     with dictionary.evaluating():
-        for batch in batches:
-            codes = dictionary.encode(batch_input(batch, hookpoint, dictionary))
+        sites = Sites(hookpoint)
+        for index, batch in enumerate(batches):
+            codes = dictionary.encode(sites.inputs_for(dictionary, batch, index))
             collector.update(codes, batch.seq_ids, batch.positions)
     if collector.n_tokens == 0:
         raise ValueError("no activations to collect examples from: the batches were empty "

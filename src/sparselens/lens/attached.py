@@ -51,6 +51,20 @@ class Attached:
         """Raw-space decoder output of codes (no skip path: edits differ only in the codes)."""
         return self.dictionary.decode(codes)
 
+    def decode_active(self, codes: Tensor, pattern: Tensor) -> Tensor:
+        """`decode(codes)` for codes that are zero wherever `pattern` is: gathers the few
+        active decoder rows per token instead of multiplying by all of them (and the gradient
+        reaches only those entries). Falls back to `decode` for a non-linear decoder."""
+        d = self.dictionary
+        linear = (type(d).decode is Dictionary.decode
+                  and type(d).decode_scaled is Dictionary.decode_scaled)
+        k = int((pattern != 0).sum(-1).max()) if pattern.numel() else 0
+        if not linear or k == 0 or 4 * k > self.n_latents:
+            return self.decode(codes)
+        index = pattern.abs().topk(k, dim=-1).indices
+        out = torch.einsum("...k,...kd->...d", codes.gather(-1, index), d.W_dec[index]) + d.b_dec
+        return out / d.cfg.output_scale if d.cfg.output_scale != 1.0 else out
+
     def reconstruct(self, x: Tensor) -> Tensor:
         """The dictionary's full output for raw inputs (skip path included)."""
         return self.dictionary(x.to(self.dtype))

@@ -137,7 +137,8 @@ class AblateLatents(Edit):
 
 @dataclass(frozen=True)
 class AddVector(Edit):
-    """Add a dense vector at a hookpoint (contrastive activation addition and the like)."""
+    """Add a dense vector at a hookpoint (contrastive activation addition and the like); a
+    ``(B, d)`` tensor adds a different vector to each batch row (one pass for many steers)."""
 
     hookpoint: str
     vector: Tensor
@@ -146,16 +147,23 @@ class AddVector(Edit):
     def check(self, target: Attached | None) -> None:
         super().check(target)
         _finite("coef", self.coef)
-        if self.vector.ndim != 1:
-            raise ValueError(f"AddVector needs a 1-D vector, got shape {tuple(self.vector.shape)}")
+        if self.vector.ndim not in (1, 2):
+            raise ValueError("AddVector needs a vector (d,) or one per batch row (B, d), got "
+                             f"shape {tuple(self.vector.shape)}")
         if not torch.isfinite(self.vector).all():
             raise ValueError("AddVector's vector has NaN or infinite entries")
 
     def apply(self, target: Attached | None, x: Tensor, act: Tensor) -> Tensor:
-        if act.shape[-1] != self.vector.shape[0]:
+        vector = self.vector
+        if act.shape[-1] != vector.shape[-1]:
             raise ValueError(f"AddVector at {self.hookpoint!r}: the vector has "
-                             f"{self.vector.shape[0]} entries, the activation {act.shape[-1]}")
-        return act + (self.coef * self.vector).to(device=act.device, dtype=act.dtype)
+                             f"{vector.shape[-1]} entries, the activation {act.shape[-1]}")
+        if vector.ndim == 2:  # one vector per batch row: (B, d) -> (B, 1, d)
+            if vector.shape[0] != act.shape[0]:
+                raise ValueError(f"AddVector at {self.hookpoint!r}: {vector.shape[0]} vectors "
+                                 f"for a batch of {act.shape[0]}")
+            vector = vector.reshape(vector.shape[0], *([1] * (act.ndim - 2)), vector.shape[1])
+        return act + (self.coef * vector).to(device=act.device, dtype=act.dtype)
 
 
 @dataclass(frozen=True)

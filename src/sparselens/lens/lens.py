@@ -30,6 +30,7 @@ from sparselens.lens.attached import Attached
 from sparselens.lens.codes import SparseCodes
 from sparselens.lens.dispatch import Action, Dispatcher, Frame
 from sparselens.lens.edits import Edit, Splice
+from sparselens.lens.freeze import freeze_actions
 from sparselens.lens.tokens import Inputs, Tokens, context_length, pad_id, tokenize
 from sparselens.models.hookpoints import Hookpoint, StopForward, capture, resolve
 from sparselens.models.source import LoadedModel
@@ -80,6 +81,8 @@ class Leaves:
 
     codes: dict[str, Tensor] = field(default_factory=dict)
     errors: dict[str, Tensor] = field(default_factory=dict)
+    inputs: dict[str, Tensor] = field(default_factory=dict)
+    embeddings: Tensor | None = None
 
 
 class Lens:
@@ -114,7 +117,7 @@ class Lens:
             name = Path(path).name
             if name in lens.attached:
                 name = str(path)
-            lens.attach(name, load_any(path, device=device))
+            lens.attach(name, load_any(path).to(device))
         return lens
 
     # ---- attaching ----
@@ -188,9 +191,12 @@ class Lens:
     # ---- reading ----
 
     def tokenize(self, inputs: Inputs | Tokens, max_length: int | None = None,
-                 padding_side: Literal["left", "right"] = "right") -> Tokens:
+                 padding_side: Literal["left", "right"] = "right",
+                 truncate: bool = False) -> Tokens:
+        """Token grid of texts or ids (longer than the context: an error, or cut with
+        `truncate`)."""
         return tokenize(self.tokenizer, inputs, context=self.context, max_length=max_length,
-                        padding_side=padding_side).to(self.device)
+                        padding_side=padding_side, truncate=truncate).to(self.device)
 
     @torch.no_grad()
     def encode(self, inputs: Inputs | Tokens, names: Sequence[str] | str | None = None
@@ -275,24 +281,29 @@ class Lens:
 
     def forward(self, inputs: Inputs | Tokens, edits: Sequence[Edit] = (),
                 splice: Sequence[str] = (), keep_error: bool = False,
-                capture: Sequence[str] = (), grad: bool | None = None) -> LensOutput:
+                capture: Sequence[str] = (), grad: bool | None = None,
+                logits_to_keep: int | None = None) -> LensOutput:
         """Full forward pass with logits, under edits and splices, returning the activations
         at the `capture` hookpoints too. Gradients follow the surrounding mode (on inside
-        `attribution`) unless `grad` says otherwise."""
+        `attribution`) unless `grad` says otherwise. `logits_to_keep=k` computes the logits
+        of the last k positions only (a 262k vocabulary makes the rest expensive)."""
         tokens = self.tokenize(inputs)
         captured: dict[str, Tensor] = {}
         with self.edit(*edits), self.splice(list(splice), keep_error) if splice else \
                 contextlib.nullcontext(), self._capturing(capture, captured, stop=False), \
                 torch.set_grad_enabled(torch.is_grad_enabled() if grad is None else grad):
-            logits = self._run(tokens).logits
+            extra = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
+            logits = self._run(tokens, **extra).logits
         return LensOutput(tokens, logits, captured)
 
-    @torch.no_grad()
-    def capture(self, inputs: Inputs | Tokens, hookpoints: Sequence[str]) -> dict[str, Tensor]:
+    def capture(self, inputs: Inputs | Tokens, hookpoints: Sequence[str],
+                grad: bool = False) -> dict[str, Tensor]:
         """Raw activations ``(B, L, width)`` at hookpoints (after any active edits), from one
-        forward pass that stops after the last of them."""
+        forward pass that stops after the last of them; with `grad` they stay in the autograd
+        graph (inside `attribution`, a site downstream of the leaves)."""
         captured: dict[str, Tensor] = {}
-        with self._capturing(hookpoints, captured, stop=True), contextlib.suppress(StopForward):
+        with self._capturing(hookpoints, captured, stop=True), contextlib.suppress(StopForward), \
+                torch.set_grad_enabled(grad):
             self._run(self.tokenize(inputs))
         return captured
 
@@ -315,9 +326,9 @@ class Lens:
         with self._dispatch.activate([grab(spec, hp) for spec, hp in sites.items()]):
             yield
 
-    def _run(self, tokens: Tokens):
+    def _run(self, tokens: Tokens, **extra: int):
         return self.model(input_ids=tokens.ids, attention_mask=tokens.attention_mask,
-                          **forward_kwargs(self.model))
+                          **forward_kwargs(self.model), **extra)
 
     @torch.no_grad()
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32,
@@ -347,32 +358,85 @@ class Lens:
         return Generation(prompt_list, texts, ids, length)
 
     @contextlib.contextmanager
-    def attribution(self, names: Sequence[str] | str | None = None) -> Iterator[Leaves]:
+    def frozen(self) -> Iterator[None]:
+        """Freeze attention patterns and normalisation denominators for the backward pass
+        (values unchanged): with transcoders as attribution leaves the model is then linear
+        from the leaves to the logits (see `lens.freeze`)."""
+        with self._dispatch.activate(freeze_actions(self.model)):
+            yield
+
+    @contextlib.contextmanager
+    def attribution(self, names: Sequence[str] | str | None = None, *,
+                    keep_error: bool = True, embeddings: bool = False,
+                    scale: float = 1.0, reference: Leaves | None = None,
+                    active_only: bool = False) -> Iterator[Leaves]:
         """Make every chosen dictionary's codes and error term autograd leaves.
 
-        Inside the block, forward passes compute the model with ``decode(codes) + error`` at each
-        write site (the clean value) and with gradients on; `Leaves` holds the tensors of the
-        last pass. Special tokens keep their clean activation (no leaves there)."""
+        Inside the block, forward passes compute ``decode(codes) + error`` at each write site
+        (the clean value) with gradients on; `Leaves` holds the tensors of the last pass, and
+        ``inputs[name]``, the activation each dictionary read (part of the graph, so a latent's
+        pre-activation can be differentiated with respect to upstream leaves).
+        `keep_error=False` drops the error terms (the spliced model); `embeddings=True` makes
+        the input embeddings a leaf too; `scale` multiplies the codes. With `reference` (the
+        leaves of an earlier pass on the same tokens, possibly of batch 1 for a batch of
+        copies) codes and errors are that pass's, not recomputed: integrated gradients scale
+        every layer's clean codes together, errors fixed; attribution graphs reuse one pass.
+        On special tokens the codes are zero and the error term carries the whole output (a
+        constant leaf), so the BOS column stays linear too; without error terms special tokens
+        keep their clean, detached activation. `active_only` decodes from the active latents
+        alone (a gather instead of a product with the whole decoder): much faster for wide
+        dictionaries, but inactive latents then get no gradient."""
         leaves = Leaves()
+        chosen = self._select(names)
 
         def leaf(att: Attached) -> Action:
             def run(x: Tensor, act: Tensor, frame: Frame) -> Tensor:
-                codes = att.codes(x.detach()).detach().requires_grad_(True)
-                recon = att.decode(codes)
-                error = (act.detach().to(recon.dtype) - recon.detach()).requires_grad_(True)
-                leaves.codes[att.name], leaves.errors[att.name] = codes, error
-                new = (recon + error).to(act.dtype)
-                return torch.where(frame.keep.unsqueeze(-1), new, act)
+                keep = frame.keep.unsqueeze(-1)
+                if reference is not None:
+                    full = _batch_rows(reference.codes[att.name], x.shape[0])
+                else:  # no codes on special tokens: their whole output is the error term
+                    full = att.codes(x.detach()).detach() * keep
+                codes = (full * scale).requires_grad_(True)
+                recon = att.decode_active(codes, full) if active_only else att.decode(codes)
+                leaves.codes[att.name], leaves.inputs[att.name] = codes, x
+                if not keep_error:
+                    return torch.where(keep, recon.to(act.dtype), act.detach())
+                if reference is not None:
+                    error = _batch_rows(reference.errors[att.name], x.shape[0])
+                else:
+                    error = act.detach().to(recon.dtype) - att.decode_active(full, full)
+                leaves.errors[att.name] = error.requires_grad_(True)
+                return (recon + leaves.errors[att.name]).to(act.dtype)
 
             return Action(att.read, att.write, run)
 
-        chosen = self._select(names)
+        actions = [leaf(a) for a in chosen]
+        if embeddings:
+            actions.insert(0, self._embedding_leaf(leaves))
         frozen = [p for a in chosen for p in a.dictionary.parameters() if p.requires_grad]
         for param in frozen:  # gradients go to the leaves, not into the weights' .grad
             param.requires_grad_(False)
         try:
-            with self._dispatch.activate([leaf(a) for a in chosen]), torch.enable_grad():
+            with self._dispatch.activate(actions), torch.enable_grad():
                 yield leaves
         finally:
             for param in frozen:
                 param.requires_grad_(True)
+
+    def _embedding_leaf(self, leaves: Leaves) -> Action:
+        module = self.model.get_input_embeddings()
+        name = next(n for n, m in self.model.named_modules() if m is module)
+        site = Hookpoint(name, "output")
+
+        def run(x: Tensor, act: Tensor, frame: Frame) -> Tensor:
+            leaves.embeddings = act.detach().requires_grad_(True)
+            return leaves.embeddings
+
+        return Action(site, site, run)
+
+
+def _batch_rows(tensor: Tensor, batch: int) -> Tensor:
+    """A reference leaf of batch 1 repeated for a batch of copies (own memory, so each row
+    gets its own gradient)."""
+    tensor = tensor.detach()
+    return tensor if tensor.shape[0] == batch else tensor.expand(batch, *tensor.shape[1:]).clone()

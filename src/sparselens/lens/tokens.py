@@ -50,12 +50,14 @@ def pad_id(tokenizer: Any) -> int:
 
 def tokenize(tokenizer: Any, inputs: Inputs | Tokens, *, context: int | None,
              padding_side: Literal["left", "right"] = "right",
-             max_length: int | None = None) -> Tokens:
+             max_length: int | None = None, truncate: bool = False) -> Tokens:
     """Token grid for a text, a list of texts, or ids ``(L,)``/``(B, L)``.
 
     Texts longer than `max_length` (default: the model's context) are an error, not silently
-    cut: a truncated prompt changes what the model computes.
+    cut: a truncated prompt changes what the model computes. `truncate=True` keeps the first
+    `max_length` tokens of each text instead (corpus snippets, not prompts).
     """
+    limit = max_length or context
     if isinstance(inputs, Tokens):
         return inputs
     specials = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
@@ -65,12 +67,16 @@ def tokenize(tokenizer: Any, inputs: Inputs | Tokens, *, context: int | None,
             ids = ids[None]
         if ids.ndim != 2:
             raise ValueError(f"token ids must be (L,) or (B, L), got shape {tuple(inputs.shape)}")
+        if truncate and limit is not None:
+            ids = ids[:, :limit]
         mask = torch.ones_like(ids)
     else:
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("give a text, a non-empty list of texts, or a tensor of token ids")
         rows = [tokenizer(t)["input_ids"] for t in texts]
+        if truncate and limit is not None:
+            rows = [r[:limit] for r in rows]
         if any(len(r) == 0 for r in rows):
             raise ValueError("a text tokenized to no tokens; give non-empty text")
         width = max(len(r) for r in rows)
@@ -80,7 +86,6 @@ def tokenize(tokenizer: Any, inputs: Inputs | Tokens, *, context: int | None,
             span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
             ids[i, span] = torch.tensor(row, dtype=torch.long)
             mask[i, span] = 1
-    limit = max_length or context
     if limit is not None and ids.shape[1] > limit:
         raise ValueError(f"the input is {ids.shape[1]} tokens long, more than the "
                          f"{'max_length' if max_length else 'model context'} of {limit}; "

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from sparselens.io.atomic import atomic_write_text
+from sparselens.core.atomic import atomic_write_text
 
 
 class RunningMetrics:
