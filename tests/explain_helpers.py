@@ -31,6 +31,7 @@ class RuleDictionary(torch.nn.Module):
     def __init__(self, n: int) -> None:
         super().__init__()
         self.scale = torch.nn.Parameter(torch.ones(1))
+        self.W_dec = torch.nn.Parameter(torch.eye(n))
 
         class Cfg:
             d_in = n
