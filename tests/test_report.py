@@ -224,3 +224,19 @@ def test_cli_report_end_to_end(tmp_path, tiny_llama):
                  "train", "--out", str(partial)]) == 0
     assert read_data(partial)["meta"]["n_tokens"] == 60  # cut at --max-tokens exactly
     assert main(["report", str(checkpoint), "--cache", str(tmp_path / "nowhere")]) == 1
+
+
+def test_largest_activation_histogram_has_log_bins() -> None:
+    import numpy as np
+
+    from sparselens.interpretation.plots import log_bins, max_activation_histogram_png
+
+    values = np.array([1e-3, 0.5, 2.0, 1e3])
+    bins = log_bins(values, n_bins=6)
+    assert bins[0] == pytest.approx(1e-3) and bins[-1] == pytest.approx(1e3)
+    np.testing.assert_allclose(np.diff(np.log10(bins)), 1.0)  # equal widths in log scale
+    single = log_bins(np.array([4.0, 4.0]))
+    assert single[0] < 4.0 < single[-1]
+    for acts in (torch.tensor([0.0, 1e-3, 0.2, 5.0, 300.0]), torch.tensor([-2.0, 3.0]),
+                 torch.zeros(3)):
+        assert max_activation_histogram_png(acts).startswith(b"\x89PNG")

@@ -64,6 +64,11 @@ def positional(default: Any) -> Any:
     return dataclasses.field(default=default, metadata={"positional": True})
 
 
+def repeatable() -> Any:
+    """A list field whose option may be given several times (``--x a --x b c`` -> [a, b, c])."""
+    return dataclasses.field(default_factory=list, metadata={"repeatable": True})
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """Add one option per (possibly nested) dataclass field."""
     hints = typing.get_type_hints(cls)
@@ -89,6 +94,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
         elif origin in (list, tuple):
             (inner, *_) = typing.get_args(tp) or (str,)
             kwargs.update(type=inner if inner in (int, float) else str, nargs="+")
+            if f.metadata.get("repeatable"):
+                kwargs["action"] = "extend"
         elif origin is typing.Literal:
             kwargs.update(choices=typing.get_args(tp))
         elif tp in (int, float, str):

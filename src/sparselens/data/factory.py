@@ -43,8 +43,10 @@ def training_data(cache: ActivationCache, sites: Sites | None, batch_size: int,
     names = sites.names if sites is not None else None
 
     def data(skip_batches: int) -> Iterator[ActivationBatch]:
+        # in the storage dtype: the trainer casts on its device, not here on the host
         return cache.batches(batch_size, hookpoints=names, split="train", seed=seed,
-                             skip_batches=skip_batches, epochs=None, drop_last=True)
+                             skip_batches=skip_batches, epochs=None, drop_last=True,
+                             dtype=None)
 
     return data
 

@@ -50,9 +50,10 @@ class RunConfig:
     """Training budget in tokens (the cache is read in several shuffled epochs if smaller)."""
     batch_size: int = 4096
     """Tokens per optimizer step."""
-    autocast: str | None = None
-    """Train under torch.autocast in this dtype (bfloat16: about 2x faster training on CPUs
-    with AVX-512 BF16 or AMX and on GPUs, same FVU in docs/performance.md); None: float32."""
+    autocast: str | None = "auto"
+    """Train under torch.autocast in this dtype: bfloat16 (about 2x faster on CPUs with AMX or
+    AVX-512 BF16 and on GPUs, same FVU in docs/performance.md) or float32 (none). auto:
+    bfloat16 where the hardware has it, else float32; the choice is printed."""
     eval_sequences: int = 32
     """Held-out sequences for the spliced-in CE/KL evaluation (full forwards with logits)."""
     report_tokens: int = 300_000

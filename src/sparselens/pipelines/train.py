@@ -16,6 +16,7 @@ from sparselens.io.atomic import read_json
 from sparselens.io.native import CONFIG_FILE, load_dictionary
 from sparselens.training.checkpoint import find_checkpoint, saved_train_config
 from sparselens.training.config import TrainConfig
+from sparselens.training.precision import as_trained
 from sparselens.training.trainer import Trainer
 
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -63,8 +64,11 @@ def train_on_cache(cfg: TrainConfig, cache: ActivationCache, out: str | Path,
 
 
 def refuse_changed_options(now: TrainConfig, saved: dict[str, Any]) -> None:
-    """A resumed or reused run must be the run that was started (logging options may differ)."""
-    current = now.to_dict()
+    """A resumed or reused run must be the run that was started (logging options may differ).
+    Both sides normalised: "auto" autocast as this machine resolves it (what the trainer
+    records), and old spellings (autocast None) as today's."""
+    current = as_trained(now).to_dict()
+    saved = TrainConfig.from_dict(saved).to_dict()
     changed = sorted(k for k in current if k != "log" and current[k] != saved.get(k))
     if changed:
         raise ValueError(f"the run in this folder was started with other options ({changed} "

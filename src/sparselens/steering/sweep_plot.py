@@ -4,16 +4,22 @@ concept strength against fluency (perplexity), one line per steer."""
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from sparselens.io.atomic import atomic_write_bytes
 
-if TYPE_CHECKING:
-    from sparselens.steering.sweep import SweepResult
+
+class Curves(Protocol):
+    """What the plot reads of a `sweep.SweepResult` (typed here so that sweep.py, which calls
+    the plot, is not imported back)."""
+
+    concept: str
+    curves: Sequence[Any]
 
 
-def plot_sweep(result: SweepResult, path: str | Path) -> None:
+def plot_sweep(result: Curves, path: str | Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
