@@ -37,6 +37,11 @@ def _byte_level_decoder() -> dict[str, int]:
     return {chr(char): b for b, char in table.items()}
 
 
+def is_byte_level(tokenizer: object) -> bool:
+    """Whether the vocabulary pieces are GPT-2 style byte-level stand-ins."""
+    return _is_byte_level(tokenizer)
+
+
 @functools.lru_cache(maxsize=8)
 def _is_byte_level(tokenizer: object) -> bool:
     """Cached per tokenizer: the check serialises the whole tokenizer to JSON (seconds for a
