@@ -455,3 +455,27 @@ def test_token_lookup_exact_first_then_case_variants(stores):
     assert texts[0] == "P" and "p" in texts and all(t.strip().lower() == "p" for t in texts)
     assert find_token_entries(index, "no such token") == []
     assert find_token_entries(index, "") == []
+
+
+def test_search_by_meaning_uses_the_explanations_embedding_index(tmp_path, tiny_llama):
+    """`sparselens explain` writes an embedding index beside the explanations; the viewer's
+    search then also finds latents whose explanation means what the query says, without
+    sharing its words."""
+    from sparselens.interpretation.search import ExplanationIndex
+
+    run = make_served_run(tmp_path, tiny_llama)
+    ExplanationIndex.build({3: "the word Paris and other capitals",
+                            5: "Python code indentation",
+                            7: "days of the week such as Monday"}).save(
+        _mkdir(run.folders[0] / "explanations"))
+    client = local_client(build_app(open_stores(run.folders), None))
+    hits = client.get("/api/search", params={"q": "weekend", "d": "run_a-sae"}).json()
+    meaning = [h for h in hits["results"] if h["kind"] == "meaning"]
+    assert meaning and meaning[0]["latent"] == 7
+    capitals = client.get("/api/search", params={"q": "cities of Europe"}).json()["results"]
+    assert [h["latent"] for h in capitals if h["kind"] == "meaning"][0] == 3
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from sparselens.server import files
 from sparselens.server.index import find_token_entries
 from sparselens.server.store import DictionaryStore
 
@@ -61,12 +62,45 @@ def by_explanation(stores: Sequence[DictionaryStore], query: str,
             for latent, text in s.explanations.search(query, limit)][:limit]
 
 
+def _meaning_index(store: DictionaryStore) -> Any:
+    """The explanations' embedding index `sparselens explain` writes beside them, loaded once
+    per store (None when there is none: search by meaning is then skipped)."""
+    if not hasattr(store, "_meaning_index"):
+        from sparselens.interpretation.search import INDEX_FILE, ExplanationIndex
+
+        folder = store.folder / "explanations"
+        path = files.inside(folder, INDEX_FILE) if folder.is_dir() else None
+        store._meaning_index = (  # type: ignore[attr-defined]
+            ExplanationIndex.load(folder) if path is not None else None)
+    return store._meaning_index  # type: ignore[attr-defined]
+
+
+def by_meaning(stores: Sequence[DictionaryStore], query: str,
+               limit: int) -> list[dict[str, Any]]:
+    """Latents whose explanation is closest in meaning to `query` (MiniLM cosine), across
+    the stores that have an explanation index."""
+    scored = []
+    for store in stores:
+        index = _meaning_index(store)
+        if index is None or limit <= 0:
+            continue
+        for hit in index.search(query, limit):
+            scored.append((hit.similarity, _hit(store, hit.latent, "meaning",
+                                                f"{hit.similarity:.2f} {hit.explanation}")))
+    scored.sort(key=lambda pair: -pair[0])
+    return [hit for _, hit in scored[:limit]]
+
+
 def search(stores: Sequence[DictionaryStore], query: str, limit: int) -> list[dict[str, Any]]:
-    """Id matches, then token matches, then explanation matches."""
+    """Id matches, then token matches, then explanation matches (words), then by meaning."""
     match = _ID.match(query.strip())
     if match:
         return by_id(stores, int(match.group(1)))
     if not query.strip():
         return []
     results = by_token(stores, query, limit)
-    return results + by_explanation(stores, query, limit - len(results))
+    results += by_explanation(stores, query, limit - len(results))
+    seen = {(h["dictionary"], h["latent"]) for h in results}
+    meaning = [h for h in by_meaning(stores, query, limit)
+               if (h["dictionary"], h["latent"]) not in seen]
+    return results + meaning[:max(0, limit - len(results))]
