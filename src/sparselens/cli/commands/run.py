@@ -8,6 +8,7 @@ stage resumes: running the command again after an interruption continues where i
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,8 @@ def _summary(eval_path: Path, report: Path) -> None:
     if spliced:
         parts.append(f"loss recovered {spliced['loss_recovered']:.3f}")
     print(f"\n{' | '.join(parts)}\nreport: {(report / 'index.html').resolve()}")
+    for warning in recon.get("warnings", []):
+        print(f"WARNING: {warning}", file=sys.stderr)
 
 
 def _last_dead_fraction(metrics: Path) -> float | None:
