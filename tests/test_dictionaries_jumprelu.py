@@ -113,7 +113,7 @@ def test_hyperparameters_are_in_the_papers_units() -> None:
 
 
 def test_target_l0_penalty_and_start_at_the_target() -> None:
-    model = make("jumprelu", target_l0=6.0, target_coef=2.0)
+    model = make("jumprelu", k=6, target_coef=2.0)
     x = sparse_data(2048)
     model.initialize_from_data(x[:512])
     assert abs(mean_l0(model, x[:512]) - 6.0) < 0.5
@@ -125,7 +125,7 @@ def test_target_l0_penalty_and_start_at_the_target() -> None:
 
 
 def test_saving_folds_the_unit_into_threshold_and_hyperparameters(tmp_path) -> None:
-    model = make("jumprelu", sparsity_coef=0.01, target_l0=6.0)
+    model = make("jumprelu", sparsity_coef=0.01, k=6)
     x = sparse_data(1024)
     train(model, x, steps=20)
     unit = model.cfg.code_unit
@@ -139,15 +139,15 @@ def test_saving_folds_the_unit_into_threshold_and_hyperparameters(tmp_path) -> N
     torch.testing.assert_close(loaded.encode(x), model.encode(x))
 
 
-@pytest.mark.parametrize("target", [4.0, 8.0])
-def test_target_l0_is_reached_within_ten_percent(target: float) -> None:
-    model = make("jumprelu", target_l0=target)
+@pytest.mark.parametrize("target", [4, 8])
+def test_target_l0_is_reached_within_ten_percent(target: int) -> None:
+    model = make("jumprelu", k=target)
     x = sparse_data(4096)
     train(model, x, steps=600, lr=3e-3, batch_size=256)
     assert abs(mean_l0(model, x) - target) < 0.1 * target
 
 
-@pytest.mark.parametrize("bad", [{"bandwidth": 0.0}, {"target_l0": 0.0},
+@pytest.mark.parametrize("bad", [{"bandwidth": 0.0}, {"k": 0}, {"k": 2.5},
                                  {"sparsity_coef": -1.0}, {"sparsity_warmup": 2.0}])
 def test_bad_config_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError):

@@ -17,9 +17,9 @@ and a penalty too weak to matter: the SAE stays dense. ``bandwidth``, ``initial_
 and ``sparsity_coef`` are therefore in the paper's units, converted with ``code_unit`` u (the
 RMS norm of the initialisation sample unless given): ε·u, θ₀·u, λ·u².
 
-Target L0 (``target_l0``, an option; the paper sweeps λ instead): the L0 term becomes
-``μ (L0_batch / L0_target - 1)²`` (μ = ``target_coef`` · u², the form of later JumpReLU work),
-through the same pseudo-derivative, and θ starts at each latent's (1 - target/n) quantile of
+Target L0 (``k``, an option; the paper sweeps λ instead): the L0 term becomes
+``μ (L0_batch / k - 1)²`` (μ = ``target_coef`` · u², the form of later JumpReLU work),
+through the same pseudo-derivative, and θ starts at each latent's (1 - k/n) quantile of
 the pre-activations on the initialisation sample, so L0 starts at the target instead of near
 n/2 and θ has only the encoder's drift to follow.
 """
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from sparselens.dictionaries.base import StepContext, register
 from sparselens.dictionaries.penalized import PenalizedDictionary, PenaltyConfig
 from sparselens.dictionaries.ste import heaviside, jumprelu
+from sparselens.dictionaries.topk import check_k
 
 QUANTILE_ROWS = 8192
 """At most this many sample tokens are used for the initial per-latent threshold quantiles."""
@@ -49,13 +50,14 @@ class JumpReLUConfig(PenaltyConfig):
     (times code_unit in code space); the paper's 0.001."""
     initial_threshold: float = 1e-3
     """Initial θ for every latent in the paper's units (the paper's 0.001); unused with
-    target_l0, which starts θ at per-latent quantiles of the data."""
+    k, which starts θ at per-latent quantiles of the data."""
     code_unit: float | None = None
     """u: code-space size of one paper unit. None: the RMS norm of the initialisation sample
     (set once by initialize_from_data, then saved); 1.0 takes the hyperparameters literally."""
-    target_l0: float | None = None
-    """Option: train to this mean L0 per token with the penalty target_coef (L0/target_l0 - 1)²
-    instead of λ L0 (sparsity_coef is then unused); None: the paper's λ L0."""
+    k: int | None = None
+    """Option: train to this mean L0 per token (k, as for the TopK family) with the penalty
+    target_coef (L0/k - 1)² instead of λ L0 (sparsity_coef is then unused); None: the paper's
+    λ L0."""
     target_coef: float = 10.0
     """μ, the weight of the target-L0 penalty in the paper's units (large enough that the
     penalty, not the reconstruction, decides on which side of the target θ moves)."""
@@ -69,8 +71,8 @@ class JumpReLUConfig(PenaltyConfig):
         if self.code_unit is not None and not (math.isfinite(self.code_unit)
                                                and self.code_unit > 0):
             raise ValueError(f"code_unit must be a positive number or None, got {self.code_unit}")
-        if self.target_l0 is not None and not 0 < self.target_l0 <= self.n_latents:
-            raise ValueError(f"target_l0 must be in (0, n_latents], got {self.target_l0}")
+        if self.k is not None:
+            check_k(self.k, self.n_latents)
         if not (math.isfinite(self.target_coef) and self.target_coef > 0):
             raise ValueError(f"target_coef must be a positive number, got {self.target_coef}")
 
@@ -115,23 +117,23 @@ class JumpReLUSAE(PenalizedDictionary):
     def loss_terms(self, x: Tensor, target: Tensor, pre: Tensor, codes: Tensor, recon: Tensor,
                    ctx: StepContext) -> dict[str, Tensor]:
         l0 = self.l0(pre)
-        if self.cfg.target_l0 is None:
+        if self.cfg.k is None:
             return {"l0": self.sparsity_coef(ctx) * l0}
         coef = self.cfg.target_coef * self.unit ** 2
-        return {"l0_target": coef * (l0 / self.cfg.target_l0 - 1.0).pow(2)}
+        return {"l0_target": coef * (l0 / self.cfg.k - 1.0).pow(2)}
 
     @torch.no_grad()
     def initialize_from_data(self, x: Tensor, target: Tensor | None = None) -> None:
         """Measure the unit (RMS norm of the sample) if not given; set θ₀ in code units, or
-        with a target L0 at each latent's (1 - target/n) quantile of the pre-activations."""
+        with a target L0 at each latent's (1 - k/n) quantile of the pre-activations."""
         super().initialize_from_data(x, target)
         if self.cfg.code_unit is None:
             self.cfg.code_unit = float(x.float().pow(2).sum(-1).mean().sqrt()) or 1.0
-        if self.cfg.target_l0 is None:
+        if self.cfg.k is None:
             self.threshold.fill_(self.cfg.initial_threshold)
             return
         pre = self.pre_acts(x[:QUANTILE_ROWS]).float()
-        rank = max(1, math.ceil(pre.shape[0] * (1.0 - self.cfg.target_l0 / self.cfg.n_latents)))
+        rank = max(1, math.ceil(pre.shape[0] * (1.0 - self.cfg.k / self.cfg.n_latents)))
         quantile = pre.kthvalue(rank, dim=0).values
         self.threshold.copy_((quantile.clamp_min(0) / self.unit).to(self.threshold.dtype))
 

@@ -45,6 +45,13 @@ class AuxKConfig(DictionaryConfig):
         return self.k_aux if self.k_aux is not None else max(1, self.d_in // 2)
 
 
+def check_k(k: object, n_latents: int) -> None:
+    """The one rule for `k`, the field every variant with an L0 knob takes (TopK family, MP,
+    JumpReLU's target): an integer in 1..n_latents."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= n_latents:
+        raise ValueError(f"k must be an integer in 1..n_latents ({n_latents}), got {k!r}")
+
+
 @dataclass
 class TopKConfig(AuxKConfig):
     k: int = 32
@@ -52,9 +59,7 @@ class TopKConfig(AuxKConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.k, int) or not 0 < self.k <= self.n_latents:
-            raise ValueError(f"k must be an integer in 1..n_latents ({self.n_latents}), "
-                             f"got {self.k!r}")
+        check_k(self.k, self.n_latents)
 
 
 class AuxKDictionary(Dictionary):
