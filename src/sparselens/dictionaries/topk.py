@@ -124,7 +124,7 @@ class SparseKernelTraining(TopKBase):
         target = x if target is None else target
         fast = kernels.sparse_training_forward(
             x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.cfg.k, selection=selection,
-            pre_encoder_bias=self.cfg.pre_encoder_bias,
+            pre_encoder_bias=self.cfg.pre_encoder_bias, token_cap=self.token_cap(),
             matmul_dtype=kernels.autocast_matmul_dtype(x.device))
         self.after_sparse_selection(fast)
         recon = fast.recon + self.skip(x) if self.cfg.skip_connection else fast.recon
@@ -135,6 +135,10 @@ class SparseKernelTraining(TopKBase):
 
     def after_sparse_selection(self, fast: kernels.SparseForward) -> None:
         """Hook for state kept from the training selection (BatchTopK's threshold)."""
+
+    def token_cap(self) -> int | None:
+        """The most latents a batch selection may give one token (None: no cap)."""
+        return None
 
     def sparse_loss_terms(self, x: Tensor, target: Tensor, fast: kernels.SparseForward,
                           recon: Tensor, ctx: StepContext) -> dict[str, Tensor]:
