@@ -8,7 +8,10 @@ shared projection:
     a_o = z U_o   (o = 1, 2, 3; U_o is n x R with orthonormal columns)
     x̂ = b_dec + z W_dec + λ₂ (a₁ ⊙ a₂) C₂ᵀ + λ₃ (a₁ ⊙ a₂ ⊙ a₃) C₃ᵀ
 
-U₁ is shared by both interaction orders; C₂, C₃ are d x R; λ₂, λ₃ learned scalars. After
+U₁ is shared by both interaction orders; C₂, C₃ are d x R; λ₂, λ₃ learned scalars. By default
+(`homogeneous`) the pairwise term is divided by ||z|| and the triple term by ||z||², so the
+decoder scales linearly with the codes: a stabiliser against massive-norm tokens, not in the
+paper (``homogeneous=False`` is the paper's polynomial). After
 every optimizer step each U_o is retracted to orthonormal columns (QR with a positive
 diagonal), as in the paper. *Deviations*: the linear term is the usual unit-norm decoder
 W_dec (the paper factorises it too, as U₁ C₁ᵀ, with rank up to d: the same function class);
@@ -30,6 +33,11 @@ from sparselens.dictionaries.topk import TopKBase, TopKConfig
 class PolyConfig(TopKConfig):
     interaction_rank: int = 16
     """R, the rank of the shared projection used by the pairwise and triple terms."""
+    homogeneous: bool = True
+    """Divide the pairwise term by ||z|| and the triple term by ||z||², so the decoder scales
+    linearly with the codes (our stabiliser, not the paper's: with the paper's raw cubic, a
+    massive-norm token, whose codes are 10x the usual, gets a 1000x triple term and FVU above 1
+    on gemma-3-270m). False: the paper's polynomial exactly."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,9 +72,11 @@ class PolySAE(TopKBase):
     def interactions(self, codes: Tensor) -> Tensor:
         """``λ₂ (a₁ ⊙ a₂) C₂ᵀ + λ₃ (a₁ ⊙ a₂ ⊙ a₃) C₃ᵀ`` for codes ``(..., n)``."""
         a1, a2, a3 = (codes @ u for u in self.U)
-        pair = a1 * a2
-        return (self.lambdas[0] * (pair @ self.C[0].T)
-                + self.lambdas[1] * ((pair * a3) @ self.C[1].T))
+        pair, triple = a1 * a2, a1 * a2 * a3
+        if self.cfg.homogeneous:
+            norm = codes.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            pair, triple = pair / norm, triple / norm.square()
+        return self.lambdas[0] * (pair @ self.C[0].T) + self.lambdas[1] * (triple @ self.C[1].T)
 
     def decode_scaled(self, codes: Tensor) -> Tensor:
         return codes @ self.W_dec + self.b_dec + self.interactions(codes)
