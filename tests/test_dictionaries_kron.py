@@ -55,3 +55,10 @@ def test_encoder_is_h_m_plus_n_by_d() -> None:
 def test_widths_must_factorise() -> None:
     with pytest.raises(ValueError, match="multiple of base x compose"):
         build("kronsae", d_in=8, n_latents=100, k=4, base=4, compose=8)
+
+
+def test_decoder_starts_along_both_factors() -> None:
+    model = build("kronsae", d_in=6, n_latents=16, k=4, base=2, compose=4)   # h = 2
+    row = 1 * 8 + 1 * 4 + 3        # head 1, base 1, composition 3
+    expected = model.W_p[:, 1 * 2 + 1] + model.W_q[:, 1 * 4 + 3]
+    torch.testing.assert_close(model.W_dec[row], (expected / expected.norm()).detach())

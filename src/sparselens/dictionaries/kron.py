@@ -12,7 +12,8 @@ AND: a latent fires only when both of its factors do. TopK (k per token) and a l
 follow, as in a TopK SAE (AuxK included). The encoder GEMM costs h(m+n)·d per token instead of
 F·d: with the defaults m = 4, n = 64 that is (m+n)/(m·n) = 27% of a TopK encoder.
 *Reading of the paper*: the square root keeps z on the scale of its factors (the paper's
-"magnitude-preserving" AND); its gradient is taken where p·q > 1e-12 only.
+"magnitude-preserving" AND); its gradient is taken where p·q > 1e-12 only. *Ours*: decoder
+atoms start along w_p + w_q of their two factors (TopK's tied start has no analogue here).
 """
 
 from __future__ import annotations
@@ -70,6 +71,18 @@ class KronSAE(TopKBase):
         self.b_p = nn.Parameter(torch.zeros(h * m, dtype=dtype))
         self.b_q = nn.Parameter(torch.zeros(h * n, dtype=dtype))
         del self.b_enc
+        with torch.no_grad():
+            self.W_dec.copy_(self.composed_directions())
+
+    def composed_directions(self) -> Tensor:
+        """Unit ``(F, d)`` rows along ``w_p + w_q`` of each latent's two factors: the decoder's
+        initial atoms (a latent fires when the input points along both; the analogue of TopK's
+        tied initialisation, W_dec = W_encᵀ)."""
+        h, m, n = self.cfg.heads, self.cfg.base, self.cfg.compose
+        wp = self.W_p.T.reshape(h, m, 1, -1)
+        wq = self.W_q.T.reshape(h, 1, n, -1)
+        rows = (wp + wq).reshape(self.cfg.n_latents, -1)
+        return rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
     def factors(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The base and composition pre-activations, ``(..., h, m)`` and ``(..., h, n)``."""
