@@ -22,7 +22,8 @@ small run), so their L0 is whatever training gives: the table reports measured L
 Presets: ``--small`` (1024 latents, 41k training tokens in 80 steps a run: the family on
 two hookpoints within an hour on a 2-core machine shared with a dozen other jobs),
 ``--medium`` (4096 latents, 400k), default (1M), ``--quick`` (tiny, to check the script).
-Writes ``benchmarks/results/<tag>.json`` and ``.png``. Timings on a shared machine are only indicative.
+Writes ``benchmarks/results/<tag>.json`` and ``.png``. Timings on a shared machine are only
+indicative.
 """
 
 from __future__ import annotations
