@@ -71,8 +71,9 @@ class KronSAE(TopKBase):
         self.b_p = nn.Parameter(torch.zeros(h * m, dtype=dtype))
         self.b_q = nn.Parameter(torch.zeros(h * n, dtype=dtype))
         del self.b_enc
-        with torch.no_grad():
-            self.W_dec.copy_(self.composed_directions())
+        if cfg.d_out == cfg.d_in:  # an autoencoder; a transcoder keeps the random atoms
+            with torch.no_grad():
+                self.W_dec.copy_(self.composed_directions())
 
     def composed_directions(self) -> Tensor:
         """Unit ``(F, d)`` rows along ``w_p + w_q`` of each latent's two factors: the decoder's
