@@ -317,6 +317,8 @@ def main() -> None:
     parser.add_argument("--one-level", nargs="*", default=[], choices=sorted(REGISTRY),
                         help="variants trained at the middle level only (to save time)")
     parser.add_argument("--out", type=Path, default=None, help="results path without suffix")
+    parser.add_argument("--from-partial", type=Path, default=None,
+                        help="finish from the .partial.json of an interrupted run (no training)")
     args = parser.parse_args()
     sizes = (QUICK if args.quick else SMALL if args.small else MEDIUM if args.medium
              else FULL)
@@ -327,11 +329,16 @@ def main() -> None:
     out = args.out or RESULTS / tag
     cache_path = args.cache or cache_dir() / "benchmarks" / (
         f"family-{'+'.join(args.hookpoints)}-{sizes.harvest_tokens}-{sizes.context_len}")
+    started = time.perf_counter()
+    if args.from_partial:
+        runs = json.loads(args.from_partial.read_text())["runs"]
+        args.hookpoints = sorted({r["hookpoint"] for r in runs}, key=args.hookpoints.index)
+        finish(runs, {}, args, sizes, cache_path, out, started)
+        return
     torch.manual_seed(0)
     loaded = load_model(MODEL, dtype="float32")
     cache = open_cache(cache_path, sizes, args.hookpoints, loaded)
     runs = []
-    started = time.perf_counter()
     for hookpoint in args.hookpoints:
         for name in args.variants:
             for index, level in enumerate(sizes.levels):
@@ -352,6 +359,12 @@ def main() -> None:
         for name in ("topk", "kronsae"):
             model = build(name, d_in=640, n_latents=sizes.n_latents, k=32)
             encoder[name] = encoder_seconds(model, cache, args.hookpoints[0])
+    finish(runs, encoder, args, sizes, cache_path, out, started)
+
+
+def finish(runs: list[dict[str, Any]], encoder: dict[str, float], args: argparse.Namespace,
+           sizes: Sizes, cache_path: Path, out: Path, started: float) -> None:
+    """Judge the claims, print the tables, write the JSON and the plot."""
     judge(runs)
     print_table(runs)
     print_added(runs, encoder)
