@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-peers browser run test lint bench clean
+.PHONY: install install-peers steervec browser run test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,18 +32,33 @@ $(PEERS): $(STAMP)
 
 install-peers: $(PEERS)
 
+# steering-vectors (needs transformers < 5) in a venv of its own, for the dense-steering
+# side-by-side test (tests/test_steering_vectors_peer.py finds it here or via
+# SPARSELENS_STEERVEC_VENV).
+STEERVEC ?= .venvs/steervec
+
+$(STEERVEC)/.installed:
+	$(PYTHON) -m venv $(STEERVEC)
+	$(STEERVEC)/bin/pip install --quiet torch==2.13.0
+	$(STEERVEC)/bin/pip install --quiet steering-vectors==0.12.2 'transformers<5'
+	touch $@
+
+steervec: $(STEERVEC)/.installed
+
 browser:  ## Debian chromium for the report's browser test (needs root or sudo)
 	@command -v chromium >/dev/null 2>&1 || bash scripts/install-chromium.sh
 
 run: $(STAMP)
 	$(VENV)/bin/sparselens run
 
-test: $(STAMP) $(PEERS) browser
+test: $(STAMP) $(PEERS) $(STEERVEC)/.installed browser
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports  # the layer order in pyproject.toml [tool.importlinter]
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/harvest.py

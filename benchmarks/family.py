@@ -41,8 +41,9 @@ from typing import Any
 
 import torch
 
-from sparselens.cli.commands.train import cache_data
 from sparselens.data.cache import ActivationCache
+from sparselens.data.factory import training_data
+from sparselens.data.sites import Sites
 from sparselens.dictionaries import REGISTRY, Dictionary
 from sparselens.dictionaries.base import build
 from sparselens.evaluation.reconstruction import reconstruction_metrics
@@ -131,7 +132,8 @@ def train(name: str, settings: dict[str, Any], cache: ActivationCache, hookpoint
                       checkpoint=CheckpointConfig(every_steps=0),
                       log=LogConfig(progress=False, every_steps=10_000))
     start = time.perf_counter()
-    dictionary = Trainer(cfg, cache_data(cache, cfg)).fit()
+    data = training_data(cache, Sites.from_cache(cache, cfg), cfg.batch_size, cfg.seed)
+    dictionary = Trainer(cfg, data).fit()
     return dictionary, time.perf_counter() - start
 
 

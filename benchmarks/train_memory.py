@@ -43,8 +43,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Train in this process and report its peak resident memory."""
     import torch
 
-    from sparselens.cli.commands.train import cache_data
     from sparselens.data.cache import ActivationCache
+    from sparselens.data.factory import training_data
+    from sparselens.data.sites import Sites
     from sparselens.training.config import CheckpointConfig, LogConfig, TrainConfig
     from sparselens.training.trainer import Trainer
 
@@ -55,7 +56,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                       batch_size=spec["batch"], checkpoint=CheckpointConfig(every_steps=0),
                       log=LogConfig(progress=False, every_steps=10_000))
     before = peak_mb()
-    Trainer(cfg, cache_data(cache, cfg)).fit()
+    data = training_data(cache, Sites.from_cache(cache, cfg), cfg.batch_size, cfg.seed)
+    Trainer(cfg, data).fit()
     return {"peak_rss_mb": peak_mb(), "peak_rss_before_training_mb": before,
             "cache_tokens": cache.n_tokens, "width": cache.width(cache.hookpoints[0])}
 

@@ -115,6 +115,14 @@ def tiny_llama_b() -> LoadedModel:
     return make_tiny_llama(seed=1)
 
 
+@pytest.fixture(autouse=True)
+def float32_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`autocast="auto"` (the trainer's default) picks bf16 on AMX/AVX-512-BF16 CPUs and
+    float32 elsewhere; tests see float32 on every machine unless they ask for bf16, so their
+    results do not depend on the CPU they run on."""
+    monkeypatch.setattr("sparselens.training.precision.fast_bfloat16", lambda device: None)
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Tiny tensors: extra threads only add synchronisation on a busy machine."""

@@ -9,20 +9,21 @@ import pytest
 import torch
 
 from dictionary_helpers import fvu, sparse_data, train
-from sparselens.data.batch import ActivationBatch
+from sparselens.data.batch import ActivationBatch, join_sources, split_sources
 from sparselens.data.cache import ActivationCache
+from sparselens.data.factory import training_data
 from sparselens.data.harvest import HarvestConfig, harvest
-from sparselens.data.paired import mixed_layer_rows, stack_batch, stack_sources, stacked_cache_data
+from sparselens.data.paired import mixed_layer_rows, stack_batch, stack_sources
+from sparselens.data.sites import Sites
 from sparselens.dictionaries import StepContext, build
 from sparselens.dictionaries.crosscoder import Crosscoder
 from sparselens.dictionaries.multilayer import MultiLayerSAE
-from sparselens.dictionaries.stacked import source_names, stacked_name
 from sparselens.evaluation.per_source import (
     layer_profile,
     per_source_reconstruction,
     per_source_spliced,
 )
-from sparselens.io.native import load_dictionary
+from sparselens.io.native import load_dictionary, save_dictionary
 from sparselens.training import LogConfig, OptimConfig, TrainConfig, Trainer
 
 FP32 = HarvestConfig(storage_dtype="float32", batch_size=4, shard_tokens=200, progress=False)
@@ -69,7 +70,7 @@ def test_training_helps_inference_is_per_token_and_save_load_keeps_outputs(varia
     torch.testing.assert_close(model.encode(x[:64])[:8], alone)
     with torch.no_grad():
         codes, out = model.encode(x), model(x)
-    model.save(tmp_path / "ckpt")
+    save_dictionary(model, tmp_path / "ckpt")
     loaded = load_dictionary(tmp_path / "ckpt")
     assert type(loaded) is type(model) and loaded.cfg.input_scale == 1.0
     torch.testing.assert_close(loaded.source_scale, model.source_scale * 2.0)
@@ -123,8 +124,8 @@ def test_config_errors_say_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="layer_embedding"):
         build("mlsae", d_in=16, n_latents=8, k=2, layer_embedding="sinusoidal")
     with pytest.raises(ValueError, match="contains '\\+'"):
-        stacked_name(["a+b", "c"])
-    assert source_names("x/resid.1+y/resid.1") == ["x/resid.1", "y/resid.1"]
+        join_sources(["a+b", "c"])
+    assert split_sources("x/resid.1+y/resid.1") == ["x/resid.1", "y/resid.1"]
     zeros = torch.zeros(10, 16)
     with pytest.raises(ValueError, match="mean norms|median norms|norms are"):
         build("crosscoder", d_in=16, n_latents=8, k=2).initialize_from_data(zeros)
@@ -175,12 +176,17 @@ def test_crosscoder_separates_shared_from_specific_directions() -> None:
 
 # ---- paired data from one cache ----
 
+def stacked_data(cache: ActivationCache, sources: list[str], batch_size: int):
+    """The trainer's factory over the stack of `sources` (any spelling the cache resolves)."""
+    return training_data(cache, Sites.from_cache(cache, None, join_sources(sources)), batch_size)
+
+
 def test_two_models_on_the_same_tokens_stack_into_aligned_rows(tiny_llama, tiny_llama_b, tmp_path,
                                                                make_chunks) -> None:
     chunks = make_chunks(6)
     harvest({"base": tiny_llama, "tuned": tiny_llama_b}, chunks, ["resid.1"], tmp_path, FP32)
     cache = ActivationCache.open(tmp_path)
-    data = stacked_cache_data(cache, ["base/model.layers.1", "tuned/resid.1"], batch_size=16)
+    data = stacked_data(cache, ["base/model.layers.1", "tuned/resid.1"], batch_size=16)
     batch = next(data(0))
     assert list(batch.acts) == ["base/resid.1+tuned/resid.1"]
     stacked = batch.acts["base/resid.1+tuned/resid.1"]
@@ -236,7 +242,7 @@ def _train_stacked(cache: ActivationCache, architecture: str, out, **fields):
     cfg = TrainConfig(architecture=architecture, n_latents=64, n_tokens=12_000, batch_size=128,
                       dictionary={"k": 4, **fields}, optim=OptimConfig(lr=3e-3),
                       log=LogConfig(progress=False, every_steps=50))
-    return Trainer(cfg, stacked_cache_data(cache, LAYERS, 128), out).fit()
+    return Trainer(cfg, stacked_data(cache, LAYERS, 128), out).fit()
 
 
 def test_acausal_crosscoder_trains_and_is_evaluated_per_layer(tiny_llama, layer_cache,

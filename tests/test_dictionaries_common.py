@@ -8,7 +8,7 @@ import torch
 
 from dictionary_helpers import VARIANTS, fvu, make, sparse_data, train
 from sparselens.dictionaries import REGISTRY, StepContext, build
-from sparselens.io.native import load_dictionary
+from sparselens.io.native import load_dictionary, save_dictionary
 
 ALL = sorted(VARIANTS)
 
@@ -60,7 +60,7 @@ def test_save_load_roundtrip_keeps_codes_and_outputs(name: str, tmp_path) -> Non
     train(model, x * 2.0, steps=20)  # the trainer feeds scaled inputs
     with torch.no_grad():
         codes, out = model.encode(x), model(x)
-    model.save(tmp_path / "ckpt")
+    save_dictionary(model, tmp_path / "ckpt")
     loaded = load_dictionary(tmp_path / "ckpt")
     assert type(loaded) is type(model)
     with torch.no_grad():
@@ -76,7 +76,7 @@ def test_transcoder_scales_fold_without_changing_outputs(name: str, tmp_path) ->
     x = sparse_data(1024)
     y = x[:, :12].flip(1) * 3.0
     train(model, x * 2.0, steps=10, target=y * 0.5)
-    model.save(tmp_path / "ckpt")
+    save_dictionary(model, tmp_path / "ckpt")
     loaded = load_dictionary(tmp_path / "ckpt")
     assert loaded.cfg.input_scale == loaded.cfg.output_scale == 1.0
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch
 
 from sparselens.dictionaries import build
 from sparselens.dictionaries.mp import matching_pursuit
-from sparselens.io.native import load_dictionary
+from sparselens.io.native import load_dictionary, save_dictionary
 
 ATOMS = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
 
@@ -56,7 +56,7 @@ def test_no_encoder_weights_and_scales_kept_in_checkpoint(tmp_path) -> None:
     assert not hasattr(model, "W_enc") and set(dict(model.named_parameters())) == {"W_dec",
                                                                                    "b_dec"}
     x = torch.randn(5, 4)
-    model.save(tmp_path / "mp")
+    save_dictionary(model, tmp_path / "mp")
     loaded = load_dictionary(tmp_path / "mp")
     assert loaded.cfg.input_scale == 3.0
     torch.testing.assert_close(loaded.encode(x), model.encode(x))

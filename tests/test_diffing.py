@@ -14,6 +14,7 @@ import torch
 from conftest import fine_tune_embedding_offset, make_tiny_llama
 from sparselens.cli.main import main
 from sparselens.data.batch import ActivationBatch
+from sparselens.data.corpus import CorpusConfig
 from sparselens.dictionaries import build
 from sparselens.evaluation.diffing import (
     DiffThresholds,
@@ -23,6 +24,7 @@ from sparselens.evaluation.diffing import (
     latent_kinds,
     relative_norm,
 )
+from sparselens.pipelines.diff import DiffConfig, diff
 
 KEY = "A/h+B/h"
 WIDTH = 8
@@ -110,7 +112,7 @@ def test_latent_scaling_tells_complete_shrinkage_from_a_truly_specific_latent() 
     assert not records[1]["only_apparently_specific"]
     assert records[1]["model"] == "B/h"
     torch.testing.assert_close(diff.density, (f != 0).double().mean(0))
-    with pytest.raises(ValueError, match="no stacked sources"):
+    with pytest.raises(ValueError, match="no activations for hookpoint .other."):
         diff_latents(cc, batches, "other")
 
 
@@ -228,6 +230,15 @@ def test_diff_finds_the_latents_of_the_fine_tuned_model(diff_setup, tmp_path, ca
     before = weights.stat().st_mtime_ns
     assert main(_diff_args(diff_setup, out)) == 0  # a finished diff is reused, not retrained
     assert weights.stat().st_mtime_ns == before
+    result = diff(DiffConfig(  # the library call behind the command returns its result
+        model_a=str(diff_setup["base"]), model_b=str(diff_setup["tuned"]), hookpoint="resid.2",
+        n_tokens=3000, out=str(out), corpus=CorpusConfig(source="text",
+                                                         path=str(diff_setup["corpus"])),
+        context_len=32, n_latents=128, k=4, epochs=60, batch_size=128, lr=1e-2,
+        progress=False, spliced_sequences=4))
+    assert weights.stat().st_mtime_ns == before
+    assert result.counts == record["counts"] and result.page == out / "index.html"
+    assert result.report.is_file() and result.record["sources"] == ["A/resid.2", "B/resid.2"]
     changed = _diff_args(diff_setup, out)
     changed[changed.index("--k") + 1] = "8"
     assert main(changed) == 1

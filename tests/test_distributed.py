@@ -49,6 +49,7 @@ def config() -> TrainConfig:
     # small dead window still exercises the synchronised dead-latent counters.
     return TrainConfig(n_latents=96, dictionary={"k": 3, "aux_coef": 0.0}, n_tokens=BATCH * STEPS,
                        batch_size=BATCH, init_tokens=2 * BATCH, dead_tokens=BATCH,
+                       autocast="float32",  # spawned ranks do not see conftest's fixtures
                        optim=OptimConfig(lr=5e-3, warmup=0.2),
                        checkpoint=CheckpointConfig(every_steps=2, keep=10),
                        log=LogConfig(every_steps=2, progress=False))

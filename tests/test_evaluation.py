@@ -21,7 +21,7 @@ from sparselens.evaluation import (
     write_results,
 )
 from sparselens.evaluation.results import SCHEMA_VERSION, results_record
-from sparselens.evaluation.spliced import _splice
+from sparselens.lens import Lens, ZeroAblate
 from sparselens.models.hookpoints import capture, resolve
 from sparselens.models.source import LoadedModel
 
@@ -127,8 +127,8 @@ def test_transcoder_metrics_compare_against_the_target() -> None:
 
 
 @pytest.mark.parametrize("batch, message", [
-    (batch_of(torch.ones(3, 2), name="other"), "no hookpoint 'h'"),
-    (batch_of(torch.ones(3, 5)), r"shape \(3, 5\) but the dictionary expects \(tokens, 2\)"),
+    (batch_of(torch.ones(3, 2), name="other"), "no activations for hookpoint 'h'"),
+    (batch_of(torch.ones(3, 5)), r"width 5 but the dictionary expects 2"),
     (batch_of(torch.tensor([[1.0, float("nan")]])), "NaN or inf"),
 ])
 def test_bad_evaluation_data_is_refused(batch: ActivationBatch, message: str) -> None:
@@ -181,8 +181,9 @@ def test_special_positions_are_not_spliced(tiny_llama: LoadedModel, make_chunks)
     ids = torch.stack([c.ids for c in chunks])
     keep = ~torch.stack([c.special for c in chunks])
     hp = resolve(tiny_llama.model, "resid.1")[0]
-    with _splice(tiny_llama.model, hp, hp, keep, lambda x, act: torch.zeros_like(act)):
+    with Lens(tiny_llama).edit(ZeroAblate("resid.1")):
         acts = capture(tiny_llama.model, [hp], stop_early=False, input_ids=ids)[hp]
+    assert keep[:, 0].logical_not().all() and keep[:, 1:].all()
     assert acts[:, 0].abs().sum() > 0 and acts[:, 1:].abs().sum() == 0
 
 

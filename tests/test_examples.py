@@ -221,7 +221,7 @@ def test_user_errors_say_what_is_wrong():
     with pytest.raises(ValueError, match="no activations for hookpoint 'other'"):
         collect_examples(dictionary, batches, "other")
     wide = [ActivationBatch({HOOK: torch.randn(3, D_IN + 1)}, *[torch.zeros(3).long()] * 3)]
-    with pytest.raises(ValueError, match="expects \\(batch, 8\\)"):
+    with pytest.raises(ValueError, match="width 9 but the dictionary expects 8"):
         collect_examples(dictionary, wide, HOOK)
     bad = torch.randn(3, D_IN)
     bad[1, 2] = float("nan")

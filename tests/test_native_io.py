@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparselens.dictionaries import build
-from sparselens.io.native import CONFIG_FILE, WEIGHTS_FILE, load_dictionary
+from sparselens.io.native import CONFIG_FILE, WEIGHTS_FILE, load_dictionary, save_dictionary
 
 
 def _randomised(**kw):
@@ -29,7 +29,7 @@ def test_save_folds_scales_and_round_trips(tmp_path, kw, scales):
     d.cfg.input_scale, d.cfg.output_scale = scales
     x = torch.randn(6, 8)
     before_out, before_codes = d(x), d.encode(x)
-    d.save(tmp_path / "ck")
+    save_dictionary(d, tmp_path / "ck")
     loaded = load_dictionary(tmp_path / "ck")
     assert loaded.cfg.input_scale == 1.0 and loaded.cfg.output_scale == 1.0
     assert d.cfg.input_scale == scales[0], "saving must not modify the live module"
@@ -38,7 +38,7 @@ def test_save_folds_scales_and_round_trips(tmp_path, kw, scales):
 
 
 def test_truncated_weights_are_refused(tmp_path):
-    _randomised().save(tmp_path / "ck")
+    save_dictionary(_randomised(), tmp_path / "ck")
     weights = tmp_path / "ck" / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(ValueError, match="truncated or corrupted"):
@@ -46,7 +46,7 @@ def test_truncated_weights_are_refused(tmp_path):
 
 
 def test_unknown_config_field_is_named(tmp_path):
-    _randomised().save(tmp_path / "ck")
+    save_dictionary(_randomised(), tmp_path / "ck")
     meta = json.loads((tmp_path / "ck" / CONFIG_FILE).read_text())
     meta["config"]["kk"] = 3
     (tmp_path / "ck" / CONFIG_FILE).write_text(json.dumps(meta))

@@ -17,6 +17,7 @@ from sparselens.interpretation.report import write_report
 from sparselens.interpretation.report_data import flatten_metrics, headline_metrics
 from sparselens.interpretation.token_text import piece_text, token_texts
 from sparselens.interpretation.windows import collect_windows
+from sparselens.io.native import save_dictionary
 
 HOOK = "resid.3"
 WORDS = ["<bos>", "▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁dog", "▁ran", "▁far", "<0x0A>",
@@ -203,7 +204,7 @@ def test_cli_report_end_to_end(tmp_path, tiny_llama):
     harvest(tiny_llama, random_chunks(12), ["resid.1"], cache,
             HarvestConfig(batch_size=4, shard_tokens=64, heldout_fraction=0.2, progress=False))
     checkpoint = tmp_path / "sae"
-    build("topk", d_in=32, n_latents=64, k=4, hookpoint="resid.1").save(checkpoint)
+    save_dictionary(build("topk", d_in=32, n_latents=64, k=4, hookpoint="resid.1"), checkpoint)
     (checkpoint / "metrics.jsonl").write_text('{"step": 1, "tokens": 64, "fvu": 0.8}\n')
     tokenizer_dir = tmp_path / "tokenizer"
     byte_tokenizer().save_pretrained(tokenizer_dir)
@@ -221,5 +222,21 @@ def test_cli_report_end_to_end(tmp_path, tiny_llama):
     assert main(["report", str(checkpoint), "--cache", str(cache), "--tokenizer",
                  str(tokenizer_dir), "--batch-size", "50", "--max-tokens", "60", "--split",
                  "train", "--out", str(partial)]) == 0
-    assert read_data(partial)["meta"]["n_tokens"] == 100  # whole batches: two of 50
+    assert read_data(partial)["meta"]["n_tokens"] == 60  # cut at --max-tokens exactly
     assert main(["report", str(checkpoint), "--cache", str(tmp_path / "nowhere")]) == 1
+
+
+def test_largest_activation_histogram_has_log_bins() -> None:
+    import numpy as np
+
+    from sparselens.interpretation.plots import log_bins, max_activation_histogram_png
+
+    values = np.array([1e-3, 0.5, 2.0, 1e3])
+    bins = log_bins(values, n_bins=6)
+    assert bins[0] == pytest.approx(1e-3) and bins[-1] == pytest.approx(1e3)
+    np.testing.assert_allclose(np.diff(np.log10(bins)), 1.0)  # equal widths in log scale
+    single = log_bins(np.array([4.0, 4.0]))
+    assert single[0] < 4.0 < single[-1]
+    for acts in (torch.tensor([0.0, 1e-3, 0.2, 5.0, 300.0]), torch.tensor([-2.0, 3.0]),
+                 torch.zeros(3)):
+        assert max_activation_histogram_png(acts).startswith(b"\x89PNG")

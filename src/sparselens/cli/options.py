@@ -56,8 +56,17 @@ def _parse_bool(text: str) -> bool:
 
 
 def positional(default: Any) -> Any:
-    """A dataclass field given as a positional argument on the command line."""
+    """A dataclass field given as a positional argument on the command line (a list field
+    takes any number of them)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default),
+                                 metadata={"positional": True})
     return dataclasses.field(default=default, metadata={"positional": True})
+
+
+def repeatable() -> Any:
+    """A list field whose option may be given several times (``--x a --x b c`` -> [a, b, c])."""
+    return dataclasses.field(default_factory=list, metadata={"repeatable": True})
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
@@ -85,6 +94,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
         elif origin in (list, tuple):
             (inner, *_) = typing.get_args(tp) or (str,)
             kwargs.update(type=inner if inner in (int, float) else str, nargs="+")
+            if f.metadata.get("repeatable"):
+                kwargs["action"] = "extend"
         elif origin is typing.Literal:
             kwargs.update(choices=typing.get_args(tp))
         elif tp in (int, float, str):
@@ -94,8 +105,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
         if f.metadata.get("positional"):
             # Positional: optional on the command line, so the field default still applies.
             kwargs.pop("dest")
-            parser.add_argument(name, nargs="?", **{k: v for k, v in kwargs.items()
-                                                    if k not in ("nargs", "const")})
+            many = "*" if origin in (list, tuple) else "?"
+            parser.add_argument(name, nargs=many, **{k: v for k, v in kwargs.items()
+                                                     if k not in ("nargs", "const")})
             continue
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
 

@@ -18,12 +18,17 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sparselens.data.batch import SOURCE_SEPARATOR, ActivationBatch, stack_acts
+from sparselens.core.dtypes import parse_dtype
+from sparselens.data.batch import (
+    ActivationBatch,
+    join_sources,
+    split_sources,
+    stack_acts,
+)
 from sparselens.data.manifest import read_manifest, shard_records
 from sparselens.data.mixing import Window, concat_rows, mix, take_rows
 from sparselens.data.shards import ACTS_PREFIX, read_rows, read_tensor, verify_shard
 from sparselens.data.split import heldout_mask
-from sparselens.models.source import parse_dtype
 
 Split = Literal["train", "heldout", "all"]
 SPLITS = ("train", "heldout", "all")
@@ -75,7 +80,7 @@ class ActivationCache:
         """Width of a stored hookpoint, or the summed widths of a stack (``a+b``)."""
         name = self.resolve(hookpoint)
         return sum(next(int(h["width"]) for h in self.manifest["hookpoints"] if h["name"] == part)
-                   for part in name.split(SOURCE_SEPARATOR))
+                   for part in split_sources(name))
 
     def resolve(self, hookpoint: str) -> str:
         """The cache's name for `hookpoint`, which may also be given as its module path.
@@ -83,9 +88,8 @@ class ActivationCache:
         A stack of stored hookpoints joined by ``+`` (``resid.2+resid.6``) resolves part by
         part; `batches` then yields the parts side by side under that name, so crosscoders and
         multi-layer SAEs train, evaluate and report from a cache like any dictionary."""
-        if hookpoint not in self._aliases and SOURCE_SEPARATOR in hookpoint:
-            return SOURCE_SEPARATOR.join(self.resolve(part)
-                                         for part in hookpoint.split(SOURCE_SEPARATOR))
+        if hookpoint not in self._aliases and len(split_sources(hookpoint)) > 1:
+            return join_sources([self.resolve(part) for part in split_sources(hookpoint)])
         try:
             return self._aliases[hookpoint]
         except KeyError:
@@ -149,7 +153,7 @@ class ActivationCache:
                              f"non-negative (got {batch_size}, {buffer_shards}, {skip_batches})")
         wanted = [self.resolve(h) for h in (hookpoints or self.hookpoints)]
         names = list(dict.fromkeys(part for name in wanted
-                                   for part in name.split(SOURCE_SEPARATOR)))
+                                   for part in split_sources(name)))
         per_epoch = self.n_batches(batch_size, split, drop_last)
         if per_epoch == 0:
             raise ValueError(f"the {split!r} split of {self.folder} has no rows to batch")

@@ -18,17 +18,16 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sparselens.core.atomic import atomic_open, atomic_write_json, read_json
 from sparselens.data.chunking import start_token_id
-from sparselens.io.atomic import atomic_open, atomic_write_json, read_json
 
 if TYPE_CHECKING:
-    from sparselens.data.corpus import CorpusConfig
     from sparselens.models.source import LoadedModel
 
 FORMAT = "sparselens-generated-v1"
@@ -65,6 +64,15 @@ class GenerationConfig:
     @property
     def n_batches(self) -> int:
         return -(-self.documents // self.batch_size)
+
+
+class CorpusConfig(Protocol):
+    """What generation reads of a `sparselens.data.corpus.CorpusConfig` (a structural type, so
+    that the corpus module, which dispatches to this one, is not imported back)."""
+
+    path: str | None
+    seed: int
+    generation: GenerationConfig
 
 
 def batch_seed(seed: int, batch_index: int) -> int:

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparselens import distributed as dist
+from sparselens.core.dtypes import parse_dtype
 from sparselens.data.manifest import (
     MANIFEST_NAME,
     add_shard,
@@ -40,7 +41,7 @@ from sparselens.data.mixing import concat_rows
 from sparselens.data.shards import ACTS_PREFIX, ShardRecord, write_shard
 from sparselens.data.split import RULE, check_fraction, heldout_mask
 from sparselens.data.taps import ChunkLike, ChunkRows, Tap, make_taps, read_chunks
-from sparselens.models.source import LoadedModel, parse_dtype
+from sparselens.models.source import LoadedModel
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

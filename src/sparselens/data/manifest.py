@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sparselens import __version__
+from sparselens.core.atomic import atomic_write_json, read_json
 from sparselens.data.shards import ShardRecord
-from sparselens.io.atomic import atomic_write_json, read_json
 
 FORMAT = "sparselens-activation-cache"
 FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import Tensor
 
-from sparselens.io.atomic import atomic_write_bytes, sha256_file
+from sparselens.core.atomic import atomic_write_bytes, sha256_file
 
 ACTS_PREFIX = "acts/"
 

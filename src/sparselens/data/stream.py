@@ -13,10 +13,11 @@ from itertools import islice
 
 import torch
 
+from sparselens.core.dtypes import parse_dtype
 from sparselens.data.batch import ActivationBatch
 from sparselens.data.mixing import Window, mix
 from sparselens.data.taps import ChunkLike, Tap, make_taps, read_chunks
-from sparselens.models.source import LoadedModel, parse_dtype
+from sparselens.models.source import LoadedModel
 
 
 def stream_batches(models: LoadedModel | Mapping[str, LoadedModel], chunks: Iterable[ChunkLike],

@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from sparselens.data.batch import ActivationBatch
+from sparselens.data.batch import ActivationBatch, labelled_name
 from sparselens.models.hookpoints import Hookpoint, capture, resolve
 from sparselens.models.source import LoadedModel
 
@@ -66,14 +66,12 @@ def make_taps(models: LoadedModel | Mapping[str, LoadedModel],
         _check_same_vocabulary(labelled)
     taps, seen = [], set()
     for label, loaded in labelled.items():
-        if label is not None and (not label or "/" in label):
-            raise ValueError(f"model label {label!r} must be non-empty and contain no '/'")
         hookpoints, names = [], []
         for spec in specs:
             resolved = resolve(loaded.model, spec)
             for hp in resolved:
                 name = spec.strip() if len(resolved) == 1 else str(hp)
-                name = name if label is None else f"{label}/{name}"
+                name = labelled_name(label, name)
                 if name in seen:
                     raise ValueError(f"hookpoint {name!r} is requested twice")
                 seen.add(name)

@@ -18,13 +18,15 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from sparselens.core.dtypes import parse_dtype
 from sparselens.dictionaries.losses import squared_error
+from sparselens.dictionaries.step import LossOutput, StepContext
 
 PROJECTION_ROWS = 512
 """Decoder rows projected at a time: both passes over a block run while it is in cache."""
@@ -106,30 +108,6 @@ class DictionaryConfig:
         return cls(**data)
 
 
-@dataclass
-class StepContext:
-    """What the trainer tells a dictionary about the current step."""
-
-    step: int = 0
-    total_steps: int = 1
-    dead_mask: Tensor | None = None
-    """Bool ``(n_latents,)``: latents that have not fired for the configured number of tokens."""
-
-    @property
-    def progress(self) -> float:
-        return min(1.0, self.step / max(1, self.total_steps))
-
-
-@dataclass
-class LossOutput:
-    """A training step's loss, the reconstruction, codes, and scalars to log."""
-
-    loss: Tensor
-    recon: Tensor
-    codes: Tensor
-    terms: dict[str, Tensor] = field(default_factory=dict)
-
-
 class Dictionary(nn.Module):
     """Base class: ``codes = activation(pre_acts(x))``, ``x_hat = codes @ W_dec + b_dec``."""
 
@@ -142,8 +120,6 @@ class Dictionary(nn.Module):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
                             f"got {type(cfg).__name__}")
         self.cfg = cfg
-        from sparselens.models.source import parse_dtype
-
         dtype = parse_dtype(cfg.dtype)
         d_out = cfg.d_out
         assert d_out is not None
@@ -324,22 +300,12 @@ class Dictionary(nn.Module):
     def fold_extra_scales(self, s: float, t: float) -> None:
         """Variants with extra input- or output-space parameters fold them here."""
 
-    def save(self, path) -> None:
-        from sparselens.io.native import save_dictionary
-
-        save_dictionary(self, path)
-
-    @classmethod
-    def load(cls, path, device: str | torch.device = "cpu") -> Dictionary:
-        from sparselens.io.native import load_dictionary
-
-        return load_dictionary(path, device=device)
-
 
 def build(architecture: str, **config: Any) -> Dictionary:
-    """Make a dictionary by registry name: ``build("topk", d_in=640, n_latents=4096, k=32)``."""
-    import sparselens.dictionaries  # noqa: F401  (registers the built-in variants)
+    """Make a dictionary by registry name: ``build("topk", d_in=640, n_latents=4096, k=32)``.
 
+    The built-in variants are registered: importing this module imports its package first,
+    and the package (``sparselens/dictionaries/__init__.py``) imports every variant."""
     if architecture not in REGISTRY:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(REGISTRY)}")
     cls = REGISTRY[architecture]

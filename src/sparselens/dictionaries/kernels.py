@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparselens.dictionaries import native_topk
-from sparselens.dictionaries.base import LossOutput
+from sparselens.dictionaries.step import LossOutput
 
 MIN_GROUPED = 8
 """Rows shorter than this many times k go straight to ``torch.topk`` (grouping no longer pays)."""

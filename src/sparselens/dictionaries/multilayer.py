@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sparselens.dictionaries.base import StepContext, register
+from sparselens.dictionaries.base import register
 from sparselens.dictionaries.init import geometric_median
 from sparselens.dictionaries.stacked import StackedConfig, StackedDictionary
 
@@ -106,14 +106,6 @@ class MultiLayerSAE(StackedDictionary):
         return self.activation((model - self.centre(layer)) @ self.W_enc + self.b_enc)
 
     # ---- training ----
-
-    def loss_terms(self, x: Tensor, target: Tensor, pre: Tensor, codes: Tensor, recon: Tensor,
-                   ctx: StepContext) -> dict[str, Tensor]:
-        """AuxK on rows (it takes 2-D inputs)."""
-        def rows(t: Tensor) -> Tensor:
-            return t.reshape(-1, t.shape[-1])
-
-        return self.auxk_terms(rows(pre), rows(target), rows(recon), ctx)
 
     @torch.no_grad()
     def initialize_from_data(self, x: Tensor, target: Tensor | None = None) -> None:

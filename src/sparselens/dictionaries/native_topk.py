@@ -63,7 +63,7 @@ def _cpu_signature() -> str:
 
 def library_path(compiler: list[str]) -> Path:
     """Where the library for this source, compiler and CPU lives (built or not)."""
-    from sparselens.models.source import cache_dir
+    from sparselens.core.paths import cache_dir
 
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version,

@@ -18,8 +18,14 @@ Shared pieces:
   compares) and thresholds keep their meaning in a checkpoint.
 - selection by TopK or BatchTopK over a per-latent *score* (`selection_scores`); the crosscoder
   scores a latent by its activation times its summed decoder norms, as in Minder et al.
-  ("Overcoming Sparsity Artifacts in Crosscoders", 2025). The selection code is the family's
-  (`TopKBase.select`, `batch_topk`, the BatchTopK threshold), applied to the scores.
+  ("Overcoming Sparsity Artifacts in Crosscoders", 2025). The selection functions are the
+  family's (`batch_topk`, the threshold's running average), applied to the scores; the AuxK
+  loss is the family's `auxk_loss`.
+
+The class derives from `Dictionary` directly and calls those functions, instead of inheriting
+the TopK/BatchTopK classes: a crosscoder is two levels below `Dictionary`, and a change to the
+plain SAEs' training path (their sparse kernel) cannot leak into it. Its config still extends
+`BatchTopKConfig`, so ``k``, ``k_aux``, ``aux_coef`` and ``threshold_decay`` mean the same.
 """
 
 from __future__ import annotations
@@ -31,27 +37,15 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from sparselens.data.batch import SOURCE_SEPARATOR
-from sparselens.dictionaries.base import LossOutput, StepContext
-from sparselens.dictionaries.batchtopk import BatchTopKConfig, BatchTopKSAE, batch_topk
+from sparselens.core.dtypes import parse_dtype
+from sparselens.data.batch import split_sources
+from sparselens.dictionaries.base import Dictionary, LossOutput, StepContext
+from sparselens.dictionaries.batchtopk import BatchTopKConfig, batch_topk
+from sparselens.dictionaries.losses import auxk_loss
 from sparselens.dictionaries.thresholds import ema_update_, min_positive
 
 SELECTIONS = ("batchtopk", "topk")
 DEFAULT_SOURCES = 2
-
-
-def stacked_name(sources: list[str] | tuple[str, ...]) -> str:
-    """The name of the flattened stack of `sources` (``a+b``), as it appears in batches."""
-    for name in sources:
-        if SOURCE_SEPARATOR in name:
-            raise ValueError(f"source name {name!r} contains {SOURCE_SEPARATOR!r}, which joins "
-                             "source names; rename the hookpoint")
-    return SOURCE_SEPARATOR.join(sources)
-
-
-def source_names(name: str) -> list[str]:
-    """The sources of a stacked name: ``"a+b" -> ["a", "b"]``."""
-    return name.split(SOURCE_SEPARATOR)
 
 
 @dataclass
@@ -68,7 +62,7 @@ class StackedConfig(BatchTopKConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        named = source_names(self.hookpoint) if self.hookpoint else None
+        named = split_sources(self.hookpoint) if self.hookpoint else None
         if self.n_sources is None:
             self.n_sources = len(named) if named and len(named) > 1 else DEFAULT_SOURCES
         if not isinstance(self.n_sources, int) or self.n_sources < 1:
@@ -94,13 +88,13 @@ class StackedConfig(BatchTopKConfig):
     @property
     def sources(self) -> list[str]:
         """Source names: from a ``+``-joined hookpoint, else ``source0, source1, ...``."""
-        named = source_names(self.hookpoint) if self.hookpoint else []
+        named = split_sources(self.hookpoint) if self.hookpoint else []
         if len(named) == self.n_sources:
             return named
         return [f"source{i}" for i in range(self.n_sources or 0)]
 
 
-class StackedDictionary(BatchTopKSAE):
+class StackedDictionary(Dictionary):
     """Base of dictionaries over stacked sources: layout, per-source scales, scored selection.
 
     Subclasses set the layout the weights act on (`native`), the model-space `decode_scaled`,
@@ -113,10 +107,10 @@ class StackedDictionary(BatchTopKSAE):
     def __init__(self, cfg: StackedConfig) -> None:
         super().__init__(self.weight_config(cfg))
         self.cfg = cfg
-        from sparselens.models.source import parse_dtype
-
-        self.register_buffer("source_scale", torch.ones(self.n_sources,
-                                                        dtype=parse_dtype(cfg.dtype)))
+        dtype = parse_dtype(cfg.dtype)
+        self.register_buffer("source_scale", torch.ones(self.n_sources, dtype=dtype))
+        # The BatchTopK inference threshold on the scores (NaN until training sets it).
+        self.register_buffer("threshold", torch.full((), torch.nan, dtype=dtype))
 
     @classmethod
     def weight_config(cls, cfg: StackedConfig) -> StackedConfig:
@@ -201,7 +195,7 @@ class StackedDictionary(BatchTopKSAE):
 
     def topk_mask(self, scores: Tensor) -> Tensor:
         """True at the k best positive scores of every row."""
-        _, indices = self.select(scores)
+        indices = scores.topk(self.cfg.k, dim=-1, sorted=False).indices
         keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, indices, True)
         return keep & (scores > 0)
 
@@ -223,6 +217,20 @@ class StackedDictionary(BatchTopKSAE):
         else:
             keep = scores > self.threshold
         return torch.relu(pre) * keep
+
+    def loss_terms(self, x: Tensor, target: Tensor, pre: Tensor, codes: Tensor, recon: Tensor,
+                   ctx: StepContext) -> dict[str, Tensor]:
+        """AuxK (Gao et al.) on the dead latents, as for the TopK family, over rows (a
+        multi-layer SAE's ``(B, n_layers, ...)`` tensors are one row per token and layer)."""
+        if self.cfg.aux_coef == 0:
+            return {}
+
+        def rows(t: Tensor) -> Tensor:
+            return t.reshape(-1, t.shape[-1])
+
+        aux = auxk_loss(rows(pre), rows(target) - rows(recon), self.W_dec, ctx.dead_mask,
+                        self.cfg.resolved_k_aux)
+        return {"auxk": self.cfg.aux_coef * aux}
 
     # ---- entry points: scaled inputs in, model space inside ----
 

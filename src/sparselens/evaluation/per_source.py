@@ -22,33 +22,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparselens.data.batch import ActivationBatch
-from sparselens.data.taps import ChunkLike, Tap, forward_kwargs, make_taps, stack_chunks
+from sparselens.data.batch import ActivationBatch, split_label
+from sparselens.data.sites import Sites
+from sparselens.data.taps import ChunkLike, Tap, make_taps, stack_chunks
 from sparselens.dictionaries.stacked import StackedDictionary
 from sparselens.evaluation.reconstruction import ReconstructionStats
 from sparselens.evaluation.spliced import Predictions, loss_recovered
-from sparselens.models.hookpoints import Hookpoint, edit, hooks
+from sparselens.lens import Lens, SetActivation, ZeroAblate
+from sparselens.models.hookpoints import Hookpoint
 from sparselens.models.source import LoadedModel
-
-
-def stacked_rows(batch: ActivationBatch, key: str, dictionary: StackedDictionary) -> Tensor:
-    """The batch's stacked sources under `key`, checked and moved to the dictionary."""
-    if key not in batch.acts:
-        raise ValueError(f"the batches carry no stacked sources {key!r}; they have "
-                         f"{sorted(batch.acts)} (stack them with sparselens.data.paired)")
-    x = batch.acts[key]
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"activations under {key!r} contain NaN or inf; re-harvest the cache")
-    return dictionary.as_sources(x.to(dictionary.W_dec.device, dictionary.W_dec.dtype))
 
 
 def stacked_inputs(batches: Iterable[ActivationBatch], key: str, dictionary: StackedDictionary,
                    max_tokens: int | None = None) -> Iterator[Tensor]:
-    """`stacked_rows` of every batch, ``(N, n_sources, width)``, at most `max_tokens` rows
-    in all (the last batch is cut to fit)."""
+    """The checked stacked sources under `key` of every batch, on the dictionary,
+    ``(N, n_sources, width)``, at most `max_tokens` rows in all (the last batch is cut)."""
     seen = 0
-    for batch in batches:
-        x = stacked_rows(batch, key, dictionary)
+    sites = Sites(key)
+    for index, batch in enumerate(batches):
+        x = dictionary.as_sources(sites.inputs_for(dictionary, batch, index))
         if max_tokens is not None:
             x = x[: max_tokens - seen]
         if x.shape[0] == 0:
@@ -90,8 +82,8 @@ def layer_profile(dictionary: StackedDictionary, batches: Iterable[ActivationBat
     (rows of latents that never fire are 0). Only meaningful for per-source codes (MLSAE)."""
     mass = torch.zeros(dictionary.cfg.n_latents, dictionary.n_sources, dtype=torch.float64,
                        device=dictionary.W_dec.device)
-    for batch in batches:
-        codes = dictionary.encode(stacked_rows(batch, key, dictionary))
+    for x in stacked_inputs(batches, key, dictionary):
+        codes = dictionary.encode(x)
         if codes.ndim != 3:
             raise ValueError("layer_profile needs codes per source (a multi-layer SAE); a "
                              "crosscoder's codes are shared by all sources")
@@ -154,8 +146,7 @@ def _taps(dictionary: StackedDictionary,
     """Taps reading exactly the dictionary's sources from `models`."""
     sources = dictionary.cfg.sources
     labelled = not isinstance(models, LoadedModel)
-    specs = list(dict.fromkeys(s.split("/", 1)[1] if labelled and "/" in s else s
-                               for s in sources))
+    specs = list(dict.fromkeys(split_label(s)[1] if labelled else s for s in sources))
     taps = make_taps(models, specs)
     known = {name for tap in taps for name in tap.names}
     missing = [s for s in sources if s not in known]
@@ -172,30 +163,19 @@ def _clean_pass(taps: list[Tap], ids: Tensor, predictions: Predictions
     acts: dict[str, Tensor] = {}
     log_probs: dict[str | None, Tensor] = {}
     for tap in taps:
-        names = dict(zip(tap.hookpoints, tap.names))
-
-        def grab(hp: Hookpoint, act: Tensor, names: dict = names) -> None:
-            acts[names[hp]] = act.detach()
-
-        model = tap.loaded.model
-        with hooks(model, list(tap.hookpoints), grab):
-            logits = model(input_ids=ids.to(tap.loaded.device), **forward_kwargs(model)).logits
-        log_probs[tap.label] = _log_probs(logits, predictions)
+        out = Lens(tap.loaded).forward(ids, capture=[str(hp) for hp in tap.hookpoints])
+        for hp, name in zip(tap.hookpoints, tap.names):
+            acts[name] = out.captured[str(hp)]
+        log_probs[tap.label] = _log_probs(out.logits, predictions)
     return acts, log_probs
 
 
 def _spliced_log_probs(tap: Tap, hp: Hookpoint, ids: Tensor, keep: Tensor,
                        replacement: Tensor | None, predictions: Predictions) -> Tensor:
-    """Log-probs with the activation at `hp` replaced (zeros for None) at kept positions."""
-    model = tap.loaded.model
-
-    def replace(act: Tensor) -> Tensor:
-        new = torch.zeros_like(act) if replacement is None else replacement.to(act)
-        return torch.where(keep.to(act.device).unsqueeze(-1), new, act)
-
-    with edit(model, hp, replace):
-        logits = model(input_ids=ids.to(tap.loaded.device), **forward_kwargs(model)).logits
-    return _log_probs(logits, predictions)
+    """Log-probs with the activation at `hp` replaced (zeros for None) at non-special
+    positions (the lens leaves special tokens alone, which is what `keep` marks)."""
+    edit = ZeroAblate(str(hp)) if replacement is None else SetActivation(str(hp), replacement)
+    return _log_probs(Lens(tap.loaded).forward(ids, edits=[edit]).logits, predictions)
 
 
 def _log_probs(logits: Tensor, predictions: Predictions) -> Tensor:

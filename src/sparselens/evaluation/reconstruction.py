@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from sparselens.data.batch import ActivationBatch
+from sparselens.data.sites import Sites
 from sparselens.dictionaries.base import Dictionary
 
 
@@ -131,35 +132,15 @@ def reconstruction_metrics(dictionary: Dictionary, batches: Iterable[ActivationB
         raise ValueError(f"dense_threshold is a fraction of tokens in [0, 1], "
                          f"got {dense_threshold}")
     device = dictionary.W_dec.device
-    dtype = dictionary.W_dec.dtype
     stats = ReconstructionStats(dictionary.cfg.n_latents, int(dictionary.cfg.d_out), device)
+    sites = Sites(hookpoint, target_hookpoint)
     with dictionary.evaluating():
         for index, batch in enumerate(batches):
-            x, target = _site_tensors(batch, hookpoint, target_hookpoint, dictionary, index)
+            x = sites.inputs_for(dictionary, batch, index)
+            target = sites.targets_for(dictionary, batch, index)
             if max_tokens is not None:
                 x, target = x[: max_tokens - stats.n_tokens], target[: max_tokens - stats.n_tokens]
-            x, target = x.to(device, dtype), target.to(device, dtype)
             stats.update(target, dictionary(x), dictionary.encode(x))
             if max_tokens is not None and stats.n_tokens >= max_tokens:
                 break
     return stats.result(dense_threshold)
-
-
-def _site_tensors(batch: ActivationBatch, hookpoint: str, target_hookpoint: str | None,
-                  dictionary: Dictionary, index: int) -> tuple[Tensor, Tensor]:
-    """Input and target of one batch, checked for presence, width and finiteness."""
-    out = []
-    for site, width in ((hookpoint, dictionary.cfg.d_in),
-                        (target_hookpoint or hookpoint, dictionary.cfg.d_out)):
-        if site not in batch.acts:
-            raise ValueError(f"evaluation batch {index} has no hookpoint {site!r} "
-                             f"(it has {sorted(batch.acts)})")
-        acts = batch.acts[site]
-        if acts.ndim != 2 or acts.shape[1] != width:
-            raise ValueError(f"activations at {site!r} have shape {tuple(acts.shape)} but the "
-                             f"dictionary expects (tokens, {width}); wrong hookpoint or model?")
-        if not bool(torch.isfinite(acts).all()):
-            raise ValueError(f"evaluation batch {index}: activations at {site!r} contain "
-                             "NaN or inf; the cache is corrupted or the model overflowed")
-        out.append(acts)
-    return out[0], out[1]

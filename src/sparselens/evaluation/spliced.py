@@ -18,7 +18,7 @@ replaced at its target hookpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,15 +26,13 @@ import torch
 from torch import Tensor
 
 from sparselens.dictionaries.base import Dictionary
-from sparselens.models.hookpoints import Hookpoint, hooks, resolve
+from sparselens.lens import Lens, ZeroAblate
 from sparselens.models.source import LoadedModel
 
 MODES = ("clean", "spliced", "spliced_with_error", "zero_ablation")
 ROWS_PER_CHUNK = 64
 """Rows of logits turned into log-probabilities at a time (vocabularies reach 262k)."""
-
-Replace = Callable[[Tensor, Tensor], Tensor]
-"""``(input activation, activation to replace) -> replacement`` at the spliced site."""
+NAME = "dictionary"
 
 
 @dataclass
@@ -54,10 +52,11 @@ def spliced_metrics(dictionary: Dictionary, loaded_model: LoadedModel, hookpoint
     `token_chunks` yields chunks with ``.ids`` and ``.special`` (`sparselens.data.chunking.Chunk`)
     or plain id tensors ``(L,)``/``(B, L)``, whose special positions are then found from the
     tokenizer. Pass held-out sequences only. `hookpoint` (and a transcoder's
-    `target_hookpoint`) default to the names recorded in the dictionary's config.
+    `target_hookpoint`) default to the names recorded in the dictionary's config. The splices
+    are the feature API's (`Lens.forward`), which leaves special tokens alone.
     """
-    model = loaded_model.model
-    sites = _sites(model, dictionary, hookpoint, target_hookpoint)
+    lens = Lens(loaded_model)
+    attached = lens.attach(NAME, dictionary, hookpoint, target_hookpoint)
     sums = dict.fromkeys([f"ce_{m}" for m in MODES] + [f"kl_{m}" for m in MODES[1:]], 0.0)
     counts = dict.fromkeys(["n_sequences", "n_predictions", "n_spliced_positions"], 0)
     with dictionary.evaluating():
@@ -67,8 +66,7 @@ def spliced_metrics(dictionary: Dictionary, loaded_model: LoadedModel, hookpoint
             predictions = Predictions.of(ids, keep)
             if predictions.labels.numel() == 0:
                 continue
-            for key, value in _batch_sums(model, dictionary, sites, ids, keep,
-                                          predictions).items():
+            for key, value in _batch_sums(lens, str(attached.write), ids, predictions).items():
                 sums[key] += value
             counts["n_sequences"] += ids.shape[0]
             counts["n_predictions"] += predictions.labels.shape[0]
@@ -105,16 +103,18 @@ class Predictions:
             yield rows, torch.log_softmax(chunk, dim=-1)
 
 
-def _batch_sums(model: torch.nn.Module, dictionary: Dictionary, sites: tuple[Hookpoint, Hookpoint],
-                ids: Tensor, keep: Tensor, predictions: Predictions) -> dict[str, float]:
+def _batch_sums(lens: Lens, write_site: str, ids: Tensor,
+                predictions: Predictions) -> dict[str, float]:
     """Summed CE of every mode and summed KL to the clean model, for one batch."""
-    logits = model(input_ids=ids, use_cache=False).logits
+    logits = lens.forward(ids).logits
     clean = torch.cat([lp for _, lp in predictions.chunks(logits)])
     del logits
     sums = {"ce_clean": _nll(clean, predictions.labels)}
-    for mode in MODES[1:]:
-        with _splice(model, *sites, keep, _replacement(mode, dictionary)):
-            logits = model(input_ids=ids, use_cache=False).logits
+    runs = {"spliced": {"splice": [NAME]},
+            "spliced_with_error": {"splice": [NAME], "keep_error": True},
+            "zero_ablation": {"edits": [ZeroAblate(write_site)]}}
+    for mode, options in runs.items():
+        logits = lens.forward(ids, **options).logits
         sums[f"ce_{mode}"] = sums[f"kl_{mode}"] = 0.0
         for rows, log_probs in predictions.chunks(logits):
             sums[f"ce_{mode}"] += _nll(log_probs, predictions.labels[rows])
@@ -134,56 +134,6 @@ def loss_recovered(ce_clean: float, ce_spliced: float, ce_ablated: float) -> flo
     it is as bad as zero-ablation; NaN when ablation does not hurt (the ratio is undefined)."""
     denominator = ce_ablated - ce_clean
     return (ce_ablated - ce_spliced) / denominator if denominator != 0 else float("nan")
-
-
-def _sites(model: torch.nn.Module, dictionary: Dictionary, hookpoint: str | None,
-           target_hookpoint: str | None) -> tuple[Hookpoint, Hookpoint]:
-    """(where the dictionary reads, where its output goes) as resolved hookpoints."""
-    spec = hookpoint or dictionary.cfg.hookpoint
-    if spec is None:
-        raise ValueError("the dictionary does not record its hookpoint; pass hookpoint=...")
-    source = _one(model, spec)
-    target_spec = target_hookpoint or dictionary.cfg.target_hookpoint
-    return source, (_one(model, target_spec) if target_spec else source)
-
-
-def _one(model: torch.nn.Module, spec: str) -> Hookpoint:
-    found = resolve(model, spec)
-    if len(found) != 1:
-        raise ValueError(f"hookpoint {spec!r} names {len(found)} sites; splice one at a time")
-    return found[0]
-
-
-def _replacement(mode: str, dictionary: Dictionary) -> Replace:
-    def reconstruct(x: Tensor) -> Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(dictionary.W_dec.dtype)
-        return dictionary(flat).reshape(*x.shape[:-1], -1)
-
-    if mode == "spliced":
-        return lambda x, act: reconstruct(x).to(act.dtype)
-    if mode == "spliced_with_error":
-        def with_error(x: Tensor, act: Tensor) -> Tensor:
-            recon = reconstruct(x)
-            return (recon + (act.to(recon.dtype) - recon)).to(act.dtype)
-
-        return with_error
-    return lambda x, act: torch.zeros_like(act)
-
-
-def _splice(model: torch.nn.Module, source: Hookpoint, target: Hookpoint, keep: Tensor,
-            replace: Replace):
-    """Context manager: at `target`, positions in `keep` get ``replace(input at source, act)``."""
-    seen: dict[str, Tensor] = {}
-
-    def fn(hp: Hookpoint, act: Tensor) -> Tensor | None:
-        if hp == source:
-            seen["input"] = act
-        if hp != target:
-            return None
-        new = replace(seen.pop("input"), act)
-        return torch.where(keep.unsqueeze(-1), new, act)
-
-    return hooks(model, list(dict.fromkeys([source, target])), fn)
 
 
 def _batches(chunks: Iterable[Any], tokenizer: Any, batch_size: int) -> Iterator[SequenceBatch]:

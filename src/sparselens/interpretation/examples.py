@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from sparselens.data.batch import ActivationBatch
+from sparselens.data.sites import Sites
 from sparselens.dictionaries.base import Dictionary
 from sparselens.io.atomic import atomic_write_bytes
 
@@ -254,20 +255,8 @@ class ExampleCollector:
 
 
 def batch_input(batch: ActivationBatch, hookpoint: str, dictionary: Dictionary) -> Tensor:
-    """The batch's activations at `hookpoint`, checked and moved to the dictionary."""
-    if hookpoint not in batch.acts:
-        raise ValueError(f"the batches carry no activations for hookpoint {hookpoint!r}; "
-                         f"they have {sorted(batch.acts)}")
-    x = batch.acts[hookpoint]
-    if x.ndim != 2 or x.shape[1] != dictionary.cfg.d_in:
-        raise ValueError(f"activations at {hookpoint!r} have shape {tuple(x.shape)}, the "
-                         f"dictionary expects (batch, {dictionary.cfg.d_in}): is it the "
-                         "dictionary trained on this hookpoint?")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"activations at {hookpoint!r} contain NaN or inf; the cache or the "
-                         "model run that produced them is broken")
-    reference = next(dictionary.parameters())
-    return x.to(device=reference.device, dtype=reference.dtype)
+    """The `Sites` accessor for one hookpoint, kept under its old name for callers of it."""
+    return Sites(hookpoint).inputs_for(dictionary, batch)
 
 
 @torch.no_grad()
@@ -282,8 +271,9 @@ def collect_examples(dictionary: Dictionary, batches: Iterable[ActivationBatch],
     collector = ExampleCollector(dictionary.cfg.n_latents, n_top, n_quantile_samples, seed,
                                  device=next(dictionary.parameters()).device)
     with dictionary.evaluating():
-        for batch in batches:
-            codes = dictionary.encode(batch_input(batch, hookpoint, dictionary))
+        sites = Sites(hookpoint)
+        for index, batch in enumerate(batches):
+            codes = dictionary.encode(sites.inputs_for(dictionary, batch, index))
             collector.update(codes, batch.seq_ids, batch.positions)
     if collector.n_tokens == 0:
         raise ValueError("no activations to collect examples from: the batches were empty "

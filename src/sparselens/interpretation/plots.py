@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -123,14 +124,28 @@ def density_histogram_png(counts: torch.Tensor, n_tokens: int) -> bytes:
 
 
 def max_activation_histogram_png(max_activation: torch.Tensor) -> bytes:
-    """Histogram of each live feature's largest activation."""
-    values = max_activation[max_activation != 0].double().numpy()
+    """Histogram of each live feature's largest activation (its magnitude), on a log x-axis:
+    the values span orders of magnitude, and on a linear axis a few strong features squash
+    every other into the first bin."""
+    values = max_activation[max_activation != 0].double().abs().numpy()
     fig = Figure(figsize=(6.4, 3.2), dpi=110, layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     if values.size:
-        ax.hist(values, bins=50, color="#1c7ed6", alpha=0.85, edgecolor="white",
-                linewidth=0.4)
-    _style(ax, "Largest activation per feature", "max activation")
+        ax.hist(values, bins=log_bins(values), color="#1c7ed6", alpha=0.85,
+                edgecolor="white", linewidth=0.4)
+        ax.set_xscale("log")
+    signed = bool((max_activation < 0).any())
+    _style(ax, "Largest activation per feature",
+           "|max activation| (log scale)" if signed else "max activation (log scale)")
     ax.set_ylabel("features", fontsize=9, color=_INK)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return _png(fig)
+
+
+def log_bins(values: np.ndarray, n_bins: int = 50) -> np.ndarray:
+    """`n_bins` bins evenly spaced in log scale over positive `values` (one decade wide
+    around a single repeated value)."""
+    low, high = float(values.min()), float(values.max())
+    if high <= low * 1.0001:
+        low, high = low / 10**0.5, high * 10**0.5
+    return np.geomspace(low, high, n_bins + 1)

@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 
 from sparselens.data.batch import ActivationBatch
+from sparselens.data.sites import Sites
 from sparselens.dictionaries.base import Dictionary
-from sparselens.interpretation.examples import FeatureExamples, batch_input
+from sparselens.interpretation.examples import FeatureExamples
 
 _STRIDE = 1 << 32
 
@@ -80,7 +81,7 @@ def _fill_batch(dictionary: Dictionary, hookpoint: str, batch: ActivationBatch, 
     row_of_match = torch.repeat_interleave(torch.arange(rows.numel()), matches)
     first = torch.repeat_interleave(lo[rows] - (matches.cumsum(0) - matches), matches)
     match = first + torch.arange(row_of_match.numel())
-    x = batch_input(batch, hookpoint, dictionary)
+    x = Sites(hookpoint).inputs_for(dictionary, batch)
     x = x[rows.to(x.device)]
     codes = dictionary.encode(x).float().cpu()
     values = codes[row_of_match, feature_of[match]]

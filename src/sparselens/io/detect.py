@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 def load_native(path: str | os.PathLike, *, dtype: str | None = None,
                 device: str = "cpu") -> Dictionary:
     """A sparselens checkpoint, optionally cast to `dtype`."""
+    from sparselens.core.dtypes import parse_dtype
     from sparselens.io.native import load_dictionary
-    from sparselens.models.source import parse_dtype
 
     dictionary = load_dictionary(path, device=device)
     return dictionary.to(parse_dtype(dtype)) if dtype else dictionary

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparselens.io.atomic import read_json
+from sparselens.core.atomic import read_json
 from sparselens.io.foreign import ForeignDictionary, build, read_safetensors, require
 
 if TYPE_CHECKING:

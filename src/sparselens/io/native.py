@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file
 
-from sparselens.io.atomic import atomic_open, atomic_write_json, read_json, sha256_file
+from sparselens.core.atomic import atomic_open, atomic_write_json, read_json, sha256_file
 
 if TYPE_CHECKING:
     from sparselens.dictionaries.base import Dictionary

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from sparselens.io.atomic import read_json
+from sparselens.core.atomic import read_json
 from sparselens.io.foreign import (
     ForeignDictionary,
     build,

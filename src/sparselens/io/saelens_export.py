@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from sparselens.io.atomic import atomic_write_bytes, atomic_write_json
+from sparselens.core.atomic import atomic_write_bytes, atomic_write_json
 from sparselens.io.saelens import CFG_FILE, WEIGHTS_FILE, hookpoint_to_tl
 
 if TYPE_CHECKING:

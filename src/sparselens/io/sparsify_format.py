@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparselens.io.atomic import read_json
+from sparselens.core.atomic import read_json
 from sparselens.io.foreign import ForeignDictionary, build, read_safetensors, require
 
 if TYPE_CHECKING:

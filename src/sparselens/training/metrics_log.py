@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from sparselens.io.atomic import atomic_write_text
+from sparselens.core.atomic import atomic_write_text
 
 
 class RunningMetrics:
@@ -57,14 +57,16 @@ class MetricsLog:
     def __init__(self, path: Path | None, total_tokens: int, tokens_done: int = 0,
                  resume_step: int | None = None, progress: bool = True,
                  tensorboard_dir: Path | None = None, wandb_project: str | None = None,
-                 run_config: dict[str, Any] | None = None) -> None:
+                 run_config: dict[str, Any] | None = None, desc: str = "train",
+                 position: int = 0) -> None:
         self.path = path
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             _drop_records_after(path, resume_step)
         self._file = path.open("a") if path is not None else None
         self._bar = tqdm(total=total_tokens, initial=tokens_done, unit="tok", unit_scale=True,
-                         desc="train", dynamic_ncols=True, disable=not progress)
+                         desc=desc, position=position, dynamic_ncols=True,
+                         disable=not progress)
         self._tensorboard = self._wandb = None
         if tensorboard_dir is not None:
             require_package("tensorboard", "--log.tensorboard")

@@ -1,4 +1,7 @@
-"""Before the first step: pick the hookpoints, check the data, build and initialise the dictionary.
+"""Before the first step: pick the sites, check the data, build and initialise the dictionary.
+
+The sites and their checks are `sparselens.data.sites.Sites`; `pick_sites` and `check_batch`
+are the trainer's names for them (``DataFactory`` and ``Sites`` are re-exported for it).
 
 Everything here runs once per run (or on the first batches after a resume), so it may read
 values back to the host freely and give precise error messages.
@@ -7,78 +10,38 @@ values back to the host freely and give precise error messages.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from sparselens.data.batch import ActivationBatch
+from sparselens.data.factory import DataFactory
+from sparselens.data.sites import Sites, non_finite_message
 from sparselens.dictionaries.base import Dictionary, build
 from sparselens.training.config import TrainConfig
 
-DataFactory = Callable[[int], Iterator[ActivationBatch]]
-"""``data(skip_batches)`` -> the training batches from position `skip_batches` on; deterministic,
-so a resumed run sees exactly the batches the interrupted one would have seen."""
-
-
-@dataclass(frozen=True)
-class Sites:
-    """The hookpoints a run reads: the input and, for a transcoder, the target."""
-
-    input: str
-    target: str | None = None
+__all__ = ["DataFactory", "Sites", "build_dictionary", "check_batch", "collect_sample",
+           "initialise", "non_finite_loss_error", "norm_scale", "pick_sites"]
 
 
 def pick_sites(cfg: TrainConfig, batch: ActivationBatch) -> Sites:
-    """Resolve `cfg.hookpoint`/`cfg.target_hookpoint` against what the data provides."""
-    available = sorted(batch.acts)
-    if cfg.hookpoint is None:
-        if len(available) != 1:
-            raise ValueError(f"the data has several hookpoints {available}; choose the input "
-                             "with --hookpoint (and --target-hookpoint for a transcoder)")
-        return Sites(available[0], cfg.target_hookpoint)
-    for name in (cfg.hookpoint, cfg.target_hookpoint):
-        if name is not None and name not in batch.acts:
-            raise ValueError(f"hookpoint {name!r} is not in the data; it has {available}")
-    return Sites(cfg.hookpoint, cfg.target_hookpoint)
+    """The sites of `cfg` (or the data's only hookpoint), checked against what `batch` has."""
+    return Sites.from_batch(batch, cfg.hookpoint, cfg.target_hookpoint)
 
 
 def check_batch(batch: ActivationBatch, sites: Sites, dictionary: Dictionary | None,
                 index: int) -> None:
     """Refuse a batch with missing sites, the wrong width, or non-finite values."""
-    for site, width in ((sites.input, dictionary and dictionary.cfg.d_in),
-                        (sites.target, dictionary and dictionary.cfg.d_out)):
-        if site is None:
-            continue
-        if site not in batch.acts:
-            raise ValueError(f"batch {index} has no activations for hookpoint {site!r} "
-                             f"(it has {sorted(batch.acts)})")
-        acts = batch.acts[site]
-        if acts.ndim != 2:
-            raise ValueError(f"batch {index}: activations at {site!r} must be (tokens, width), "
-                             f"got shape {tuple(acts.shape)}")
-        if width is not None and acts.shape[1] != width:
-            raise ValueError(f"activations at {site!r} have width {acts.shape[1]} but the "
-                             f"dictionary expects {width}; the checkpoint or config was made "
-                             "for another hookpoint or model")
-        if not bool(torch.isfinite(acts).all()):
-            raise ValueError(non_finite_message(site, index))
-
-
-def non_finite_message(site: str, index: int) -> str:
-    return (f"activations at hookpoint {site!r} in batch {index} (training step {index}) "
-            "contain NaN or inf; the cache is corrupted or the model overflowed in low "
-            "precision: re-harvest (in float32) or drop those rows")
+    widths = (None, None) if dictionary is None else (dictionary.cfg.d_in, dictionary.cfg.d_out)
+    sites.check(batch, index, *widths)
 
 
 def non_finite_loss_error(data: DataFactory, sites: Sites, step: int) -> ValueError:
     """Why the loss went NaN/inf at `step`: the inputs of that batch (re-read from the data,
     which is deterministic), or, if they are finite, divergence."""
     batch = next(data(step), None)
-    for site in (sites.input, sites.target):
-        if batch is not None and site is not None and not bool(
-                torch.isfinite(batch.acts[site]).all()):
+    for site in sites.names:
+        if batch is not None and not bool(torch.isfinite(batch.acts[site]).all()):
             return ValueError(non_finite_message(site, step))
     return ValueError(f"the loss became NaN/inf at step {step} although that batch is finite: "
                       "training diverged; lower optim.lr, keep gradient clipping on, or "
@@ -93,10 +56,9 @@ def collect_sample(data: DataFactory, cfg: TrainConfig) -> tuple[Sites, Tensor, 
     have = 0
     for index, batch in enumerate(data(0)):
         sites = sites or pick_sites(cfg, batch)
-        check_batch(batch, sites, None, index)
-        inputs.append(batch.acts[sites.input].float().cpu())
+        inputs.append(sites.inputs(batch, index).float().cpu())
         if sites.target is not None:
-            targets.append(batch.acts[sites.target].float().cpu())
+            targets.append(sites.targets(batch, index).float().cpu())
         have += len(batch)
         if have >= cfg.init_tokens:
             break

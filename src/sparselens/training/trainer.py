@@ -1,8 +1,10 @@
-"""The training loop: one for every dictionary variant.
+"""One dictionary's training run: the same for every dictionary variant.
 
 A variant shapes training only through the `Dictionary` hooks (`training_loss`,
 `before_optimizer_step`, `after_optimizer_step`, `initialize_from_data`); the trainer owns the
 rest: Adam and its schedule, gradient clipping, dead-latent tracking, metrics, checkpoints.
+The loop over batches lives in `together.fit_together`, which drives one trainer (`fit`) or
+several from one pass over the data (a sweep).
 
 Data comes from a factory ``data(skip_batches)`` (see `DataFactory`), so the trainer does not
 care whether batches are read from an activation cache or streamed from a model, and a resumed
@@ -13,9 +15,9 @@ batch, so the step counter is also the data position.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import dataclasses
+import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,6 @@ from sparselens.data.batch import ActivationBatch
 from sparselens.dictionaries.base import Dictionary, LossOutput, StepContext, build
 from sparselens.io.atomic import atomic_write_json
 from sparselens.io.native import save_dictionary
-from sparselens.models.source import parse_dtype
 from sparselens.training import distributed as dp
 from sparselens.training.checkpoint import (
     CHECKPOINTS_DIR,
@@ -40,7 +41,9 @@ from sparselens.training.checkpoint import (
 )
 from sparselens.training.config import LogConfig, TrainConfig
 from sparselens.training.dead_latents import DeadLatentTracker
+from sparselens.training.device_batch import DeviceBatch
 from sparselens.training.metrics_log import MetricsLog, RunningMetrics, require_package
+from sparselens.training.precision import autocast_context, resolve_autocast
 from sparselens.training.preparation import (
     DataFactory,
     Sites,
@@ -52,11 +55,15 @@ from sparselens.training.preparation import (
     pick_sites,
 )
 from sparselens.training.schedules import lr_factor
+from sparselens.training.together import NonFiniteLoss, fit_together
 
 METRICS_FILE = "metrics.jsonl"
 CHECKED_BATCHES = 2
 """Batches fully checked (sites, widths, finiteness) at the start of every `fit` call; later
 batches are watched through the loss, which any NaN/inf input turns non-finite."""
+
+Sample = tuple[Sites, Tensor, Tensor | None]
+"""What `collect_sample` returns: the sites and the first tokens of the data (float32, CPU)."""
 
 
 @dataclass
@@ -70,21 +77,26 @@ class Trainer:
     """Train one dictionary: ``Trainer(cfg, data, out_dir).fit()``, or `Trainer.resume`."""
 
     def __init__(self, cfg: TrainConfig, data: DataFactory, out_dir: str | Path | None = None,
-                 dictionary: Dictionary | None = None, *, initialize: bool = True) -> None:
+                 dictionary: Dictionary | None = None, *, initialize: bool = True,
+                 sample: Sample | None = None) -> None:
         """Start a run: sample the data, build `cfg.architecture` (or adopt `dictionary`), set
         the norm scales and run the data-dependent init. ``initialize=False`` adopts
-        `dictionary` as it is (used by `resume`)."""
-        self.cfg = cfg
+        `dictionary` as it is (used by `resume`). `sample` is `collect_sample`'s result when
+        the caller has read it already (several trainers on one stream share it)."""
+        self.device = _device(cfg.device)
+        autocast, self.precision_note = resolve_autocast(cfg.autocast, self.device)
+        # the config as trained and checkpointed: "auto" resolved, so a resume on other
+        # hardware computes in the same precision
+        self.cfg = cfg = dataclasses.replace(cfg, autocast=autocast)
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.device = _device(cfg.device)
         dp.require_even_split(cfg.batch_size)
         self._check_loggers()
         self.sites: Sites | None = None
         torch.manual_seed(cfg.seed)
         if initialize:
             self._refuse_existing_run()
-            dictionary = self._prepare(dictionary)
+            dictionary = self._prepare(dictionary, sample)
         elif dictionary is None:
             raise ValueError("initialize=False needs a dictionary to adopt")
         if dictionary.cfg.n_latents != cfg.n_latents:
@@ -105,12 +117,16 @@ class Trainer:
         self.lr = 0.0
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         self._clock = (time.perf_counter(), 0)
+        self._checked = 0
+        self.failed: NonFiniteLoss | None = None
+        """Set when a sweep carries on without this run: its loss went non-finite."""
+        self._rng = rng_state()  # this run's global RNG state, swapped in around each step
 
     # ---- setup ----
 
-    def _prepare(self, dictionary: Dictionary | None) -> Dictionary:
+    def _prepare(self, dictionary: Dictionary | None, sample: Sample | None) -> Dictionary:
         # every rank samples the same global batches, so the init matches a single process
-        self.sites, x, y = collect_sample(self.data, self.cfg)
+        self.sites, x, y = sample or collect_sample(self.data, self.cfg)
         d_out = (y if y is not None else x).shape[1]
         if dictionary is None:
             dictionary = build_dictionary(self.cfg, self.sites, x.shape[1], d_out)
@@ -155,31 +171,32 @@ class Trainer:
 
     @property
     def done(self) -> bool:
-        return self.progress.tokens_seen >= self.cfg.n_tokens
+        """The token budget is spent, or training stopped on a non-finite loss (`failed`)."""
+        return self.failed is not None or self.progress.tokens_seen >= self.cfg.n_tokens
 
     def fit(self) -> Dictionary:
         """Train until the token budget is spent (or the data runs out); save and return."""
-        log = self._open_log()
-        batches = dp.shard_batches(self.data(self.progress.step))
+        return fit_together([self])[0]
+
+    # ---- one member of the loop in `together.fit_together` ----
+
+    def begin(self) -> None:
+        """Called by the loop before its first batch: restart the clock and the batch checks."""
         self._clock = (time.perf_counter(), self.progress.tokens_seen)
-        try:
-            for checked in itertools.count():
-                if self.done:
-                    break
-                batch = next(batches, None)
-                if batch is None:
-                    warnings.warn(f"the training data ran out after {self.progress.tokens_seen} "
-                                  f"of {self.cfg.n_tokens} tokens; stopping early", stacklevel=2)
-                    break
-                if checked < CHECKED_BATCHES:
-                    self._check(batch)
-                self.train_step(batch)
-                self._after_step(log)
-            self._report(log)
-            self.save()
-        finally:
-            log.close()
-        return self.dictionary
+        self._checked = 0
+
+    def step(self, batch: DeviceBatch, log: MetricsLog) -> None:
+        """Train on the batch at data position ``self.progress.step``, then log/checkpoint."""
+        if self._checked < CHECKED_BATCHES:
+            self._check(batch.host)
+            self._checked += 1
+        self.train_step(batch)
+        self._after_step(log)
+
+    def finish(self, log: MetricsLog) -> None:
+        """Called by the loop at the end: the last metrics, the final checkpoint and files."""
+        self._report(log)
+        self.save()
 
     def _check(self, batch: ActivationBatch) -> None:
         self.sites = self.sites or pick_sites(self.cfg, batch)
@@ -194,8 +211,17 @@ class Trainer:
             self._report(log)
             self.save_checkpoint()
 
-    def train_step(self, batch: ActivationBatch) -> None:
-        """One optimizer step on one batch; metrics stay on the device."""
+    def train_step(self, batch: ActivationBatch | DeviceBatch) -> None:
+        """One optimizer step on one batch; metrics stay on the device. The global RNG is
+        this dictionary's own during the step (variants may draw noise), so several trainers
+        interleaved on one stream each draw what they would draw alone."""
+        if isinstance(batch, ActivationBatch):
+            batch = DeviceBatch(batch, self.device)
+        set_rng_state(self._rng)
+        self._train_step(batch)
+        self._rng = rng_state()
+
+    def _train_step(self, batch: DeviceBatch) -> None:
         x, target = self._inputs(batch)
         rows = x.shape[0]  # rows read; the same on every rank, whatever the filter leaves
         x, target = self._without_outliers(x, target)
@@ -216,16 +242,15 @@ class Trainer:
         self.progress.step += 1
         self.progress.tokens_seen += dp.global_rows(rows)
 
-    def _inputs(self, batch: ActivationBatch) -> tuple[Tensor, Tensor | None]:
-        """Scaled input (and transcoder target) on the training device and dtype."""
+    def _inputs(self, batch: DeviceBatch) -> tuple[Tensor, Tensor | None]:
+        """Scaled input (and transcoder target) on the training device, in the parameters'
+        dtype (cast on the device: the data crosses to it in its stored dtype)."""
         assert self.sites is not None
         dtype = self.dictionary.W_dec.dtype
-        x = batch.acts[self.sites.input].to(self.device, dtype, non_blocking=True)
-        x = self.dictionary.scale_input(x)
+        x = self.dictionary.scale_input(batch.acts(self.sites.input, dtype))
         if self.sites.target is None:
             return x, None
-        y = batch.acts[self.sites.target].to(self.device, dtype, non_blocking=True)
-        return x, y * self.dictionary.cfg.output_scale
+        return x, batch.acts(self.sites.target, dtype) * self.dictionary.cfg.output_scale
 
     def _without_outliers(self, x: Tensor, target: Tensor | None
                           ) -> tuple[Tensor, Tensor | None]:
@@ -240,9 +265,7 @@ class Trainer:
         return x[keep], None if target is None else target[keep]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=parse_dtype(self.cfg.autocast))
+        return autocast_context(self.cfg.autocast, self.device)
 
     def _set_lr(self) -> None:
         factor = lr_factor(self.progress.step, self.cfg.total_steps, self.cfg.optim)
@@ -275,10 +298,14 @@ class Trainer:
 
     # ---- reporting ----
 
-    def _open_log(self) -> MetricsLog:
+    def open_log(self, name: str = "train", position: int = 0) -> MetricsLog:
+        """The metrics sinks of this run; `name` and `position` place its progress bar."""
         log = self.cfg.log
         if not dp.is_main_process():
             return MetricsLog(None, self.cfg.n_tokens, progress=False)
+        if self.precision_note is not None and log.progress:
+            print(self.precision_note if name == "train" else f"{name}: {self.precision_note}",
+                  file=sys.stderr, flush=True)
         path = (Path(log.path) if log.path
                 else self.out_dir / METRICS_FILE if self.out_dir is not None else None)
         base = self.out_dir or Path(".")
@@ -286,7 +313,7 @@ class Trainer:
                           resume_step=self.progress.step or None, progress=log.progress,
                           tensorboard_dir=base / "tensorboard" if log.tensorboard else None,
                           wandb_project=log.wandb_project if log.wandb else None,
-                          run_config=self.cfg.to_dict())
+                          run_config=self.cfg.to_dict(), desc=name, position=position)
 
     def _report(self, log: MetricsLog) -> None:
         values = dp.average_metrics(self.running.flush(), self.device)
@@ -305,7 +332,7 @@ class Trainer:
         step = int(self._first_bad_step)
         if step >= 0:
             assert self.sites is not None
-            raise non_finite_loss_error(self.data, self.sites, step)
+            raise NonFiniteLoss(str(non_finite_loss_error(self.data, self.sites, step)))
 
     # ---- persistence ----
 
@@ -315,14 +342,14 @@ class Trainer:
                 "module": {k: v.detach().cpu().clone()
                            for k, v in self.dictionary.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "dead": self.dead.state_dict(),
-                "rng": rng_state()}
+                "rng": self._rng}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.dictionary.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.dead.load_state_dict(state["dead"])
         self.progress = Progress(step=int(state["step"]), tokens_seen=int(state["tokens_seen"]))
-        set_rng_state(state["rng"])
+        self._rng = state["rng"]
 
     def save_checkpoint(self) -> Path | None:
         """Write a resumable checkpoint (no-op without an output folder)."""

@@ -1,258 +1,29 @@
 """``sparselens diff --model-a A --model-b B --hookpoint resid.6``: what one model has that the
-other lacks.
-
-Four steps, each resumable in the output folder: harvest the hookpoint of both models on the
-same tokens (``OUT/activations``), train a BatchTopK crosscoder on the pair
-(``OUT/crosscoder``), score every latent (per-model decoder norms, Latent Scaling; see
-`sparselens.evaluation.diffing`) and evaluate it per model, then write ``OUT/diff.json``,
-the page ``OUT/index.html`` with shared, model-specific and changed latents (both models write
-them, in different directions) and their top contexts, and
-the full feature browser ``OUT/report``. Re-running with the same options reuses finished steps.
-"""
+other lacks. The pipeline is `sparselens.pipelines.diff`; every step resumes in --out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
-from sparselens.data.corpus import CorpusConfig
-from sparselens.evaluation.diffing import DiffThresholds
-
-if TYPE_CHECKING:
-    from sparselens.data.batch import ActivationBatch
-    from sparselens.data.cache import ActivationCache, Split
-    from sparselens.dictionaries.crosscoder import Crosscoder
-    from sparselens.models.source import LoadedModel
+from sparselens.pipelines.diff import DiffConfig
 
 NAME = "diff"
 HELP = ("Compare two models (e.g. base and fine-tuned): harvest one hookpoint of both on the "
         "same tokens, train a BatchTopK crosscoder, and report shared and model-specific "
         "latents with Latent Scaling scores and top contexts.")
-LABELS = ("A", "B")
 
 
 @dataclass
-class Config:
-    model_a: str = ""
-    """First model (e.g. the base): local Hugging Face directory, .gguf file or embedded name."""
-    model_b: str = ""
-    """Second model (e.g. the fine-tuned one); it must share model A's tokenizer."""
-    hookpoint: str = "resid.6"
-    """Hookpoint read from both models (see `sparselens hookpoints MODEL`)."""
-    n_tokens: int = 200_000
-    """Tokens to harvest from both models (the budget)."""
-    out: str = "diff"
-    """Output folder (activations, crosscoder, report, diff.json, index.html)."""
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    """Where the text comes from; include text on which the models should differ."""
-    context_len: int = 128
-    """Tokens per sequence."""
-    n_latents: int = 4096
-    """Crosscoder width."""
-    k: int = 32
-    """Active latents per token (on average over a batch: BatchTopK)."""
-    epochs: float = 4.0
-    """Passes over the harvested training tokens."""
-    batch_size: int = 4096
-    """Tokens per training step."""
-    lr: float | None = None
-    """Peak learning rate; None scales with the width (see `sparselens train --help`)."""
-    thresholds: DiffThresholds = field(default_factory=DiffThresholds)
-    """When a latent counts as shared, specific, only apparently specific, or changed."""
-    n_contexts: int = 5
-    """Top contexts shown per latent."""
-    max_listed: int = 50
-    """Model-specific latents listed per model on the page (all are in diff.json)."""
-    spliced_sequences: int = 8
-    """Held-out sequences for the per-model spliced-in CE/KL (0 skips it)."""
-    harvest_batch_size: int = 16
-    """Sequences per forward pass while harvesting."""
-    model_dtype: str = "float32"
-    """Dtype to run the models in."""
-    storage_dtype: str = "float32"
-    """Dtype of the stored activations."""
-    device: str = "cpu"
-    """Device for the models and the crosscoder."""
-    seed: int = 0
-    """Seed of the document order, the held-out split and training."""
-    progress: bool = True
-    """Show progress bars."""
+class Config(DiffConfig):
+    pass
 
 
 def run(cfg: Config) -> int:
-    from sparselens.dictionaries.stacked import stacked_name
-    from sparselens.models.source import load_model
+    from sparselens.pipelines.diff import diff
 
-    if not cfg.model_a or not cfg.model_b:
-        raise ValueError("give both models: sparselens diff --model-a DIR --model-b DIR")
-    if cfg.epochs <= 0 or cfg.n_contexts < 1 or cfg.spliced_sequences < 0:
-        raise ValueError("epochs must be positive, n_contexts >= 1 and spliced_sequences >= 0")
-    out = Path(cfg.out)
-    models = {label: load_model(path, dtype=cfg.model_dtype, device=cfg.device)
-              for label, path in zip(LABELS, (cfg.model_a, cfg.model_b))}
-    cache = _harvest(cfg, models, out / "activations")
-    sources = [cache.resolve(f"{label}/{cfg.hookpoint}") for label in LABELS]
-    key = stacked_name(sources)
-    crosscoder = _train(cfg, cache, sources, key, out / "crosscoder")
-    record, sections = _score(cfg, cache, sources, key, crosscoder, models)
-    _write(cfg, out, record, sections)
-    counts = record["counts"]
+    result = diff(cfg)
+    counts = result.counts
     print(f"{counts['b_only']} latents specific to B, {counts['a_only']} to A, "
           f"{counts['shared']} shared, {counts['changed']} changed (of {cfg.n_latents}); "
-          f"page {out / 'index.html'}, "
-          f"scores {out / 'diff.json'}")
+          f"page {result.page}, scores {result.page.parent / 'diff.json'}")
     return 0
-
-
-def _harvest(cfg: Config, models: dict[str, LoadedModel], folder: Path) -> ActivationCache:
-    from sparselens.data.cache import ActivationCache
-    from sparselens.data.chunking import chunk_texts
-    from sparselens.data.corpus import describe, iter_texts
-    from sparselens.data.harvest import HarvestConfig, harvest
-
-    settings = HarvestConfig(storage_dtype=cfg.storage_dtype, batch_size=cfg.harvest_batch_size,
-                             max_tokens=cfg.n_tokens, seed=cfg.seed, progress=cfg.progress)
-    chunks = chunk_texts(iter_texts(cfg.corpus), models["A"].tokenizer, cfg.context_len)
-    harvest(models, chunks, [cfg.hookpoint], folder, settings, corpus=describe(cfg.corpus))
-    return ActivationCache.open(folder)
-
-
-def _train(cfg: Config, cache: ActivationCache, sources: list[str], key: str,
-           folder: Path) -> Crosscoder:
-    """Train the crosscoder, resume an interrupted run, or reuse a finished one."""
-    from sparselens.data.paired import stacked_cache_data
-    from sparselens.io.atomic import read_json
-    from sparselens.io.native import CONFIG_FILE, load_dictionary
-    from sparselens.training.checkpoint import find_checkpoint
-    from sparselens.training.config import LogConfig, OptimConfig, TrainConfig
-    from sparselens.training.trainer import Trainer
-
-    n_train = cache.n_rows("train")
-    if n_train == 0:
-        raise ValueError(f"the harvest in {cache.folder} has no training tokens; raise "
-                         "--n-tokens or give a larger corpus")
-    train = TrainConfig(architecture="crosscoder", n_latents=cfg.n_latents,
-                        dictionary={"k": cfg.k, "selection": "batchtopk"}, hookpoint=key,
-                        n_tokens=max(cfg.batch_size, int(cfg.epochs * n_train)),
-                        batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
-                        optim=OptimConfig(lr=cfg.lr), log=LogConfig(progress=cfg.progress))
-    data = stacked_cache_data(cache, sources, cfg.batch_size, seed=cfg.seed)
-    if (folder / CONFIG_FILE).exists():
-        saved = read_json(folder / "train_config.json", "crosscoder training config")
-        if _without_log(saved) != _without_log(train.to_dict()):
-            raise ValueError(f"{folder} holds a crosscoder trained with other options; use "
-                             "the original options or another --out")
-    else:
-        checkpoint = find_checkpoint(folder)
-        trainer = (Trainer.resume(checkpoint, data, out_dir=folder, log=train.log)
-                   if checkpoint is not None else Trainer(train, data, out_dir=folder))
-        trainer.fit()
-    return load_dictionary(folder, device=cfg.device)  # type: ignore[return-value]
-
-
-def _score(cfg: Config, cache: ActivationCache, sources: list[str], key: str,
-           crosscoder: Crosscoder, models: dict[str, LoadedModel]
-           ) -> tuple[dict[str, Any], list[tuple[str, list[dict[str, Any]]]]]:
-    """diff.json's record and the page's sections."""
-    from sparselens.evaluation.diffing import diff_latents
-    from sparselens.evaluation.per_source import per_source_reconstruction
-    from sparselens.interpretation.diff_page import example_contexts
-    from sparselens.interpretation.examples import collect_examples
-    from sparselens.interpretation.report import write_report
-    from sparselens.interpretation.windows import collect_windows
-
-    every = _batches(cache, sources, "all")
-    diff = diff_latents(crosscoder, every(), key, cfg.thresholds)
-    split: Split = "heldout" if cache.n_rows("heldout") else "all"
-    reconstruction = per_source_reconstruction(crosscoder, _batches(cache, sources, split)(), key)
-    spliced = _spliced(cfg, cache, crosscoder, models)
-    examples = collect_windows(crosscoder, collect_examples(crosscoder, every(), key,
-                                                            n_top=max(10, cfg.n_contexts)),
-                               every())
-    tokens, tokenizer = cache.tokens(), models["A"].tokenizer
-    summary = {"models": {"A": cfg.model_a, "B": cfg.model_b}, "hookpoint": cfg.hookpoint,
-               "sources": sources, "n_tokens": cache.n_tokens, "counts": diff.counts(),
-               "reconstruction": {"split": split, "per_source": reconstruction},
-               "spliced": spliced, "thresholds": asdict(cfg.thresholds)}
-    write_report(Path(cfg.out) / "report", dictionary=crosscoder, examples=examples,
-                 tokens=tokens, tokenizer=tokenizer, metrics=summary,
-                 train_log_path=_existing(Path(cfg.out) / "crosscoder" / "metrics.jsonl"),
-                 title=f"crosscoder: {sources[0]} vs {sources[1]}")
-    records = [r for r in diff.records() if r["firings"] > 0] + diff.changed_records()
-    shared = sorted((j for j, kind in enumerate(diff.kinds) if kind == "shared"),
-                    key=lambda j: -float(diff.density[j]))[: cfg.n_contexts]
-    shared_records = [{"latent": j, "relative_norm": float(diff.relative_norm[j]),
-                       "decoder_cosine": float(diff.cosine[j]),
-                       "density": float(diff.density[j])} for j in shared]
-    for r in records + shared_records:
-        r["top"] = example_contexts(examples, tokens, tokenizer, r["latent"], cfg.n_contexts)
-    sections = [(f"Specific to {label} ({name})",
-                 [r for r in records if r["kind"] == kind][: cfg.max_listed])
-                for label, name, kind in (("B", cfg.model_b, "b_only"),
-                                          ("A", cfg.model_a, "a_only"))]
-    sections.append(("Changed: in both models, written in different directions (lowest "
-                     "decoder cosine first)", [r for r in records if r["changed"]]
-                     [: cfg.max_listed]))
-    sections.append(("Shared (densest)", shared_records))
-    record = {"schema": "sparselens.diff", "schema_version": 1, **summary, "latents": records,
-              "shared_examples": shared_records}
-    return record, sections
-
-
-def _batches(cache: ActivationCache, sources: list[str],
-             split: Split) -> Callable[[], Iterator[ActivationBatch]]:
-    """Unshuffled stacked batches of `split` (every call yields the same rows)."""
-    from sparselens.dictionaries.stacked import stacked_name
-
-    def batches() -> Iterator[ActivationBatch]:
-        return cache.batches(4096, hookpoints=[stacked_name(sources)], split=split,
-                             shuffle=False)
-
-    return batches
-
-
-def _spliced(cfg: Config, cache: ActivationCache, crosscoder: Crosscoder,
-             models: dict[str, LoadedModel]) -> list[dict[str, Any]] | None:
-    """Per-model CE/KL with that model's reconstruction spliced in, on held-out sequences."""
-    import torch
-
-    from sparselens.data.chunking import Chunk, special_token_ids
-    from sparselens.evaluation.per_source import per_source_spliced
-
-    tokens = cache.tokens()
-    heldout = tokens[cache.is_heldout(torch.arange(tokens.shape[0]))][: cfg.spliced_sequences]
-    if heldout.shape[0] == 0:
-        return None
-    specials = torch.tensor(special_token_ids(models["A"].tokenizer), dtype=torch.long)
-    chunks = [Chunk(ids=ids, special=torch.isin(ids, specials), doc_id=-1) for ids in heldout]
-    return per_source_spliced(crosscoder, models, chunks)
-
-
-def _write(cfg: Config, out: Path, record: dict[str, Any],
-           sections: list[tuple[str, list[dict[str, Any]]]]) -> None:
-    from sparselens.interpretation.diff_page import write_diff_page
-    from sparselens.interpretation.report import json_safe
-    from sparselens.io.atomic import atomic_write_json
-
-    atomic_write_json(out / "diff.json", json_safe(record))
-    tables = [("Reconstruction per model (" + record["reconstruction"]["split"] + " tokens)",
-               record["reconstruction"]["per_source"], ["source", "fvu", "mse", "l0",
-                                                        "dead_fraction"]),
-              ("Latents by kind", [record["counts"]], list(record["counts"]))]
-    if record["spliced"]:
-        tables.insert(1, ("Spliced into each model (held-out)", record["spliced"],
-                          ["source", "ce_clean", "ce_spliced", "kl_spliced", "loss_recovered"]))
-    write_diff_page(out / "index.html", f"Model diff at {cfg.hookpoint}: A = {cfg.model_a}, "
-                    f"B = {cfg.model_b}", {"tables": tables}, sections,
-                    report_link="report/index.html")
-
-
-def _without_log(train_config: dict[str, Any]) -> dict[str, Any]:
-    """Options that change the result (logging does not)."""
-    return {k: v for k, v in train_config.items() if k != "log"}
-
-
-def _existing(path: Path) -> Path | None:
-    return path if path.is_file() else None

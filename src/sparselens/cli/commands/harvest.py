@@ -58,11 +58,10 @@ def run(cfg: Config) -> int:
 def _harvest(cfg: Config) -> int:
     import torch
 
-    from sparselens.data.chunking import chunk_texts
-    from sparselens.data.corpus import describe, iter_texts
-    from sparselens.data.harvest import HarvestConfig, harvest
+    from sparselens.data.harvest import HarvestConfig
     from sparselens.distributed import is_main_process, local_device
     from sparselens.models.source import load_model
+    from sparselens.pipelines.harvest import harvest_texts
 
     device = str(local_device(torch.device(cfg.device)))
     settings = HarvestConfig(storage_dtype=cfg.storage_dtype, batch_size=cfg.batch_size,
@@ -73,9 +72,8 @@ def _harvest(cfg: Config) -> int:
     if cfg.second_model is not None:
         second = load_model(cfg.second_model, dtype=cfg.model_dtype, device=device)
         models = {"modelA": loaded, "modelB": second}
-    chunks = chunk_texts(iter_texts(cfg.corpus), loaded.tokenizer, cfg.context_len)
-    manifest = harvest(models, chunks, cfg.hookpoints, cfg.out, settings,
-                       corpus=describe(cfg.corpus))
+    manifest = harvest_texts(models, cfg.corpus, cfg.hookpoints, cfg.out, cfg.context_len,
+                             settings)
     if not is_main_process():
         return 0
     widths = ", ".join(f"{h['name']} ({h['width']})" for h in manifest["hookpoints"])

@@ -1,21 +1,17 @@
-"""``sparselens train CACHE --out OUT``: train a dictionary on an activation cache."""
+"""``sparselens train CACHE --out OUT``: train a dictionary, or a sweep of them, on a cache."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from sparselens.cli.options import positional
+from sparselens.cli.options import positional, repeatable
 from sparselens.training.config import TrainConfig
-
-if TYPE_CHECKING:
-    from sparselens.data.cache import ActivationCache
-    from sparselens.training.preparation import DataFactory
 
 NAME = "train"
 HELP = ("Train a sparse dictionary (SAE, transcoder) on an activation cache; writes the "
-        "dictionary, checkpoints and metrics.jsonl to --out.")
+        "dictionary, checkpoints and metrics.jsonl to --out. With --sweep, trains several "
+        "dictionaries from one pass over the cache, one subfolder of --out each.")
 
 
 @dataclass
@@ -23,26 +19,20 @@ class Config(TrainConfig):
     cache: str = positional("")
     """Activation cache folder (written by `sparselens harvest`); its train split is used."""
     out: str = "sae"
-    """Output folder: the trained dictionary, checkpoints/ and metrics.jsonl."""
+    """Output folder: the trained dictionary, checkpoints/ and metrics.jsonl (with --sweep:
+    one such subfolder per member, named after its options, and sweep.json)."""
     resume: bool = False
     """Continue the run in --out from its latest checkpoint (start it if it has none)."""
+    sweep: list[str] = repeatable()
+    """Train several dictionaries from one read of the cache: KEY=V1,V2,... (repeat the option
+    for a grid: --sweep n_latents=4096,16384 --sweep k=16,32 trains four), or a .json/.yaml
+    file listing the members as objects of options. KEY is any option above (optim.lr,
+    architecture, ...) or a field of the variant (k). batch_size, seed and device are shared."""
 
 
 def train_config(cfg: Config) -> TrainConfig:
     """The library config inside the command's options."""
     return TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
-
-
-def cache_data(cache: ActivationCache, cfg: TrainConfig) -> DataFactory:
-    """Endless, seeded, full batches of the cache's train split, resumable by batch count
-    (full batches keep the step count, and so the schedule, exactly as planned)."""
-    wanted = [h for h in (cfg.hookpoint, cfg.target_hookpoint) if h is not None] or None
-
-    def data(skip_batches: int):
-        return cache.batches(cfg.batch_size, hookpoints=wanted, split="train", seed=cfg.seed,
-                             skip_batches=skip_batches, epochs=None, drop_last=True)
-
-    return data
 
 
 def run(cfg: Config) -> int:
@@ -56,39 +46,31 @@ def run(cfg: Config) -> int:
 def _train(cfg: Config) -> int:
     from sparselens.data.cache import ActivationCache
     from sparselens.distributed import is_main_process
-    from sparselens.training.checkpoint import find_checkpoint, saved_train_config
-    from sparselens.training.trainer import Trainer
+    from sparselens.pipelines.train import train_on_cache
 
     if not cfg.cache:
         raise ValueError("give the activation cache folder: sparselens train CACHE --out OUT")
-    cache = ActivationCache.open(cfg.cache)
-    train = train_config(cfg)
-    if cache.n_rows("train") < train.batch_size:
-        raise ValueError(f"the train split of {cfg.cache} has {cache.n_rows('train')} tokens, "
-                         f"fewer than one batch ({train.batch_size}); lower --batch-size or "
-                         "harvest more tokens")
-    train.hookpoint = cache.resolve(train.hookpoint) if train.hookpoint else None
-    if train.target_hookpoint:
-        train.target_hookpoint = cache.resolve(train.target_hookpoint)
-    checkpoint = find_checkpoint(cfg.out) if cfg.resume else None
-    if checkpoint is not None:
-        _refuse_changed_options(train, saved_train_config(checkpoint))
-        trainer = Trainer.resume(checkpoint, cache_data(cache, train), out_dir=cfg.out,
-                                 log=train.log)
-        if is_main_process():
-            print(f"resuming {cfg.out} at step {trainer.progress.step}")
-    else:
-        trainer = Trainer(train, cache_data(cache, train), out_dir=cfg.out)
-    trainer.fit()
+    if cfg.sweep:
+        return _sweep(cfg)
+    result = train_on_cache(train_config(cfg), ActivationCache.open(cfg.cache), cfg.out,
+                            resume=cfg.resume)
     if is_main_process():
-        print(f"trained {trainer.progress.tokens_seen} tokens; dictionary saved to {cfg.out}")
+        if result.resumed_at is not None:
+            print(f"resumed {cfg.out} at step {result.resumed_at}")
+        print(f"trained {result.steps} steps; dictionary saved to {cfg.out}")
     return 0
 
 
-def _refuse_changed_options(now: TrainConfig, saved: dict) -> None:
-    """A resumed run must be the run that was started (logging options may differ)."""
-    current = now.to_dict()
-    changed = sorted(k for k in current if k != "log" and current[k] != saved.get(k))
-    if changed:
-        raise ValueError(f"--resume with options that differ from the checkpoint's: {changed}; "
-                         "repeat the original options, or train into a new --out")
+def _sweep(cfg: Config) -> int:
+    from sparselens.data.cache import ActivationCache
+    from sparselens.distributed import is_main_process
+    from sparselens.pipelines.sweep import train_sweep_on_cache
+
+    result = train_sweep_on_cache(train_config(cfg), ActivationCache.open(cfg.cache), cfg.out,
+                                  cfg.sweep, resume=cfg.resume, write_file=is_main_process())
+    if is_main_process():
+        for name, step in result.resumed.items():
+            print(f"resumed {result.folders[name]} at step {step}")
+        print(f"trained {len(result.folders)} dictionaries from one pass of {result.steps} "
+              f"steps into {cfg.out}: {', '.join(result.folders)}")
+    return 0

@@ -1,0 +1,83 @@
+"""Which files the viewer may open, and how a served dictionary's files are found.
+
+The server never turns a URL into a path: dictionaries are addressed by name, assets by a
+fixed table. Files next to a dictionary are opened only by known names, and only when they
+resolve inside the folder they were looked up in, so a symlink planted in a run folder
+(``explanations.jsonl -> ~/.ssh/id_rsa``) is refused, not served.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+EXAMPLES_FILE = "examples.safetensors"
+EVAL_FILES = ("eval.json",)
+BENCH_FILES = ("bench.json", "eval_suite.json", "evalsuite.json")
+TRAIN_LOG = "metrics.jsonl"
+EXPLANATION_GLOBS = ("explanations*.jsonl", "explain/explanations*.jsonl",
+                     "explanations/*.jsonl")
+
+
+def inside(folder: Path, name: str) -> Path | None:
+    """``folder / name`` if it is a regular file that resolves inside `folder`, else None
+    (with a warning when it exists but points elsewhere)."""
+    path = folder / name
+    if not path.exists():
+        return None
+    root = folder.resolve()
+    target = path.resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        warnings.warn(f"not serving {path}: it resolves to {target}, outside {root} (or is not "
+                      "a regular file)", stacklevel=2)
+        return None
+    return target
+
+
+def run_folder(dictionary_folder: Path) -> Path:
+    """The training output folder of a checkpoint (``OUT/checkpoints/step_N`` -> ``OUT``)."""
+    if dictionary_folder.parent.name == "checkpoints":
+        return dictionary_folder.parent.parent
+    return dictionary_folder
+
+
+def example_store_candidates(folder: Path) -> Iterable[Path]:
+    """Where `sparselens report` and `sparselens run` leave an example store for `folder`:
+    inside it, in its ``report/``, or, for the ``sae/`` folder of a `sparselens run` layout,
+    the run's sibling ``report/`` (runs/X/sae -> runs/X/report)."""
+    run = run_folder(folder)
+    yield folder
+    yield folder / "report"
+    yield run / "report"
+    if run.name == "sae":
+        yield run.parent / "report"
+
+
+def find_example_store(folder: Path, given: Path | None = None) -> Path | None:
+    """The example store file for the dictionary in `folder` (or in `given`), if any."""
+    for candidate in ([given] if given is not None else example_store_candidates(folder)):
+        found = inside(candidate, EXAMPLES_FILE) if candidate.is_dir() else None
+        if found is not None:
+            return found
+    return None
+
+
+def find_cache(folder: Path) -> Path | None:
+    """The activation cache of a `sparselens run` layout (runs/X/sae -> runs/X/cache)."""
+    run = run_folder(folder)
+    for candidate in (run / "cache", run.parent / "cache"):
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    return None
+
+
+def explanation_files(folder: Path) -> list[Path]:
+    """Explanation JSONL files next to a dictionary (whatever the explainer wrote)."""
+    found = []
+    for pattern in EXPLANATION_GLOBS:
+        for path in sorted(folder.glob(pattern)):
+            safe = inside(path.parent, path.name)
+            if safe is not None and safe.is_relative_to(folder.resolve()):
+                found.append(safe)
+    return found
