@@ -31,18 +31,24 @@ from sparselens.dictionaries.topk import TopKBase, TopKConfig
 class KronConfig(TopKConfig):
     base: int = 4
     """m, the base pre-activations per head."""
-    compose: int = 64
-    """n, the composition pre-activations per head; heads h = n_latents / (m n)."""
+    compose: int | None = None
+    """n, the composition pre-activations per head; heads h = n_latents / (m n). None: the
+    largest divisor of n_latents / m up to 64 (64 for the usual power-of-two widths)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.base <= 0 or self.compose <= 0 or self.n_latents % (self.base * self.compose):
+        if self.compose is None and self.base > 0 and self.n_latents % self.base == 0:
+            per_base = self.n_latents // self.base
+            self.compose = max(c for c in range(1, 65) if per_base % c == 0)
+        if (self.base <= 0 or self.compose is None or self.compose <= 0
+                or self.n_latents % (self.base * self.compose)):
             raise ValueError(f"n_latents ({self.n_latents}) must be a multiple of base x "
                              f"compose ({self.base} x {self.compose}): heads = n_latents / "
                              "(base compose)")
 
     @property
     def heads(self) -> int:
+        assert self.compose is not None
         return self.n_latents // (self.base * self.compose)
 
 
@@ -64,7 +70,9 @@ class KronSAE(TopKBase):
     def __init__(self, cfg: KronConfig) -> None:
         super().__init__(cfg)
         del self.W_enc  # the dense F x d encoder is replaced by two small projections
-        h, m, n, d = cfg.heads, cfg.base, cfg.compose, cfg.d_in
+        h, m, d = cfg.heads, cfg.base, cfg.d_in
+        n = cfg.compose
+        assert n is not None
         dtype = self.W_dec.dtype
         self.W_p = nn.Parameter(torch.randn(d, h * m, dtype=dtype) / d ** 0.5)
         self.W_q = nn.Parameter(torch.randn(d, h * n, dtype=dtype) / d ** 0.5)
@@ -80,6 +88,7 @@ class KronSAE(TopKBase):
         initial atoms (a latent fires when the input points along both; the analogue of TopK's
         tied initialisation, W_dec = W_encᵀ)."""
         h, m, n = self.cfg.heads, self.cfg.base, self.cfg.compose
+        assert n is not None
         wp = self.W_p.T.reshape(h, m, 1, -1)
         wq = self.W_q.T.reshape(h, 1, n, -1)
         rows = (wp + wq).reshape(self.cfg.n_latents, -1)
@@ -90,7 +99,7 @@ class KronSAE(TopKBase):
         c = self.centre(x)
         h = self.cfg.heads
         p = (c @ self.W_p + self.b_p).unflatten(-1, (h, self.cfg.base))
-        q = (c @ self.W_q + self.b_q).unflatten(-1, (h, self.cfg.compose))
+        q = (c @ self.W_q + self.b_q).unflatten(-1, (h, -1))
         return p, q
 
     def pre_acts(self, x: Tensor) -> Tensor:

@@ -31,8 +31,9 @@ from sparselens.dictionaries.topk import TopKBase, TopKConfig
 
 @dataclass
 class PolyConfig(TopKConfig):
-    interaction_rank: int = 16
-    """R, the rank of the shared projection used by the pairwise and triple terms."""
+    interaction_rank: int | None = None
+    """R, the rank of the shared projection used by the pairwise and triple terms; None: 16
+    (or min(n_latents, d_out) if smaller)."""
     homogeneous: bool = True
     """Divide the pairwise term by ||z|| and the triple term by ||z||², so the decoder scales
     linearly with the codes (our stabiliser, not the paper's: with the paper's raw cubic, a
@@ -41,6 +42,8 @@ class PolyConfig(TopKConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.interaction_rank is None:
+            self.interaction_rank = min(16, self.n_latents, self.d_out)
         if not 0 < self.interaction_rank <= min(self.n_latents, self.d_out):
             raise ValueError(f"interaction_rank must be in 1..min(n_latents, d_out), got "
                              f"{self.interaction_rank}")
@@ -63,6 +66,7 @@ class PolySAE(TopKBase):
     def __init__(self, cfg: PolyConfig) -> None:
         super().__init__(cfg)
         n, r, d = cfg.n_latents, cfg.interaction_rank, cfg.d_out
+        assert r is not None and d is not None
         dtype = self.W_dec.dtype
         self.U = nn.Parameter(torch.stack([orthonormal_columns(torch.randn(n, r, dtype=dtype))
                                            for _ in range(3)]))
