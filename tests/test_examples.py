@@ -235,3 +235,66 @@ def test_user_errors_say_what_is_wrong():
     examples = collect_examples(dictionary, batches, HOOK)
     with pytest.raises(ValueError, match="window sizes"):
         collect_windows(dictionary, examples, batches, before=-1)
+
+
+def test_random_examples_never_fire_and_are_spread_over_the_pool():
+    dictionary = tiny_dictionary("topk")
+    x = random_data(20, 12)
+    codes = dense_codes(dictionary, x)
+    examples = collect_examples(dictionary, shuffled_batches(x, 37), HOOK, n_random=6,
+                                pool_size=64)
+    rnd = examples.random
+    assert rnd is not None and rnd.seq_ids.shape == (N_LATENTS, 6)
+    valid = rnd.valid
+    assert valid.float().mean() > 0.9  # k=4 of 48: almost every latent finds 6 quiet tokens
+    values = codes[rnd.seq_ids.clamp_min(0), rnd.positions.clamp_min(0)]
+    on_latent = values.gather(-1, torch.arange(N_LATENTS)[:, None, None].expand(-1, 6, 1))
+    assert (on_latent.squeeze(-1)[valid] == 0).all()
+    # different latents start at different places in the pool
+    assert len({tuple(r) for r in rnd.seq_ids.tolist()}) > N_LATENTS // 2
+    # the choice does not depend on batching
+    again = collect_examples(dictionary, shuffled_batches(x, 101, seed=3), HOOK, n_random=6,
+                             pool_size=64)
+    assert torch.equal(again.random.seq_ids, rnd.seq_ids)
+    assert torch.equal(again.random.positions, rnd.positions)
+
+
+def test_histograms_count_every_firing_and_split_is_by_sequence(tmp_path):
+    dictionary = tiny_dictionary("relu")
+    x = random_data(16, 10)
+    codes = dense_codes(dictionary, x).reshape(-1, N_LATENTS)
+    examples = collect_examples(dictionary, shuffled_batches(x, 23), HOOK)
+    assert torch.equal(examples.histogram.sum(1), (codes != 0).sum(0))
+    j = int((codes != 0).sum(0).argmax())
+    values = codes[:, j][codes[:, j] != 0].abs().double()
+    from sparselens.interpretation.examples import HISTOGRAM_EDGES
+    expected = torch.bincount(torch.bucketize(values, HISTOGRAM_EDGES, right=True),
+                              minlength=HISTOGRAM_EDGES.numel() + 1)
+    assert torch.equal(examples.histogram[j], expected)
+    test = examples.split.is_test(torch.arange(16))
+    assert 0 < int(test.sum()) < 16
+    assert examples.split.is_test(torch.tensor([-1])).item() is False
+    examples.save(tmp_path)
+    import json
+    meta = json.loads((tmp_path / "examples.json").read_text())
+    assert meta["split"]["unit"] == "sequence" and meta["split"]["test_fraction"] == 0.5
+    loaded = FeatureExamples.load(tmp_path)
+    assert torch.equal(loaded.histogram, examples.histogram)
+    assert torch.equal(loaded.random.seq_ids, examples.random.seq_ids)
+    assert loaded.split == examples.split
+
+
+def test_random_windows_are_filled_by_the_second_pass():
+    dictionary = tiny_dictionary("topk")
+    x = random_data(10, 12)
+    codes = dense_codes(dictionary, x)
+    examples = collect_examples(dictionary, shuffled_batches(x, 29), HOOK, n_random=4,
+                                pool_size=40)
+    examples = collect_windows(dictionary, examples, shuffled_batches(x, 31), before=3, after=2)
+    rnd = examples.random
+    j, slot = 5, 0
+    s, p = int(rnd.seq_ids[j, slot]), int(rnd.positions[j, slot])
+    for offset in range(-3, 3):
+        q = p + offset
+        expected = float(codes[s, q, j]) if 0 <= q < 12 else 0.0
+        assert rnd.windows[j, slot, offset + 3].item() == pytest.approx(expected, abs=1e-6)

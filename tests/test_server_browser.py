@@ -14,6 +14,8 @@ from urllib.parse import quote
 import pytest
 
 from conftest import free_port
+from graph_helpers import SERVED_AS, write_graphs
+from sparselens.server.graphs import load_graphs
 from sparselens.server.launch import build_app, open_stores
 from viewer_helpers import SCRIPT_TOKEN, make_served_run, top_token_of
 
@@ -37,7 +39,8 @@ def server(tmp_path_factory, tiny_llama, one_thread):
     import uvicorn
 
     run = make_served_run(tmp_path_factory.mktemp("served"), tiny_llama)
-    app = build_app(open_stores(run.folders), run.model)
+    graphs = load_graphs(write_graphs(tmp_path_factory.mktemp("graphs")).values())
+    app = build_app(open_stores(run.folders), run.model, graphs=graphs)
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
@@ -46,6 +49,7 @@ def server(tmp_path_factory, tiny_llama, one_thread):
     while not uv.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
+    run.graphs = {g.name: g.data for g in graphs}
     yield f"http://127.0.0.1:{port}", run
     uv.should_exit = True
     thread.join(timeout=10)
@@ -234,4 +238,57 @@ def test_browse_latents_sorted_and_paged(browser):
     ready(page, "#/d/run_a-sae?sort=id&page=1")
     first = int(page.locator(".latent-row").first.get_attribute("data-latent"))
     assert first >= 25
+    assert page.errors == []
+
+
+def test_graph_page_from_a_permalink_draws_every_node_and_edge(browser, server):
+    page = browser
+    data = server[1].graphs["random"]
+    visit(page, "#/graph/random")
+    page.wait_for_selector("#graph-svg .graph-node")
+    svg = page.locator("#graph-svg")
+    assert svg.locator(".graph-node").count() == len(data["nodes"])
+    assert svg.locator("line.graph-edge").count() == len(data["edges"])
+    negative = sum(e["weight"] < 0 for e in data["edges"])
+    assert svg.locator("line.edge-neg").count() == negative
+    assert svg.locator(".graph-token").count() == len(data["tokens"])
+    # Width follows |weight|: the strongest edge is drawn the widest.
+    widths = [float(w) for w in svg.locator("line.graph-edge").evaluate_all(
+        "ls => ls.map(l => l.getAttribute('stroke-width'))")]
+    strongest = max(range(len(data["edges"])), key=lambda i: abs(data["edges"][i]["weight"]))
+    assert widths[strongest] == max(widths) == pytest.approx(5.0)
+    top = max(data["nodes"], key=lambda n: n["influence"] if n["kind"] == "latent" else -1)
+    node = svg.locator(f".graph-node[data-id='{top['id']}']")
+    node.hover()
+    assert page.locator(".graph-node-id").inner_text() == top["id"]
+    node.click()
+    assert page.url.endswith("#/graph/random?node=" + quote(top["id"], safe=""))
+    assert page.locator(".graph-detail .graph-kind").inner_text() == "latent"
+    assert "not served here" in page.locator(".graph-detail").inner_text()
+    assert svg.locator("line.graph-edge.on").count() == sum(
+        top["id"] in (e["source"], e["target"]) for e in data["edges"])
+    snap(page, "graph")
+    assert all(url.startswith(page.base) for url in page.urls), page.urls
+    assert page.errors == []
+
+
+def test_graph_latent_links_to_its_served_feature_page(browser, server):
+    page = browser
+    visit(page, "#/graphs")
+    assert page.locator(".graph-row").count() == 2
+    page.locator(".graph-row .result-link", has_text="chain").click()
+    page.wait_for_selector("#graph-svg .graph-node")
+    assert page.locator("#graph-svg .graph-node").count() == 4
+    assert page.locator("#graph-svg line.graph-edge").count() == 3
+    page.locator(".graph-node[data-id='L0/P2/F2']").click()
+    link = page.locator(".graph-feature-link")
+    assert link.get_attribute("href") == f"#/d/{SERVED_AS}/2"
+    assert page.locator(".graph-detail .graph-activation").inner_text() != "0"
+    snap(page, "graph-chain")
+    link.click()
+    ready(page, f"#/d/{SERVED_AS}/2")
+    assert page.locator("h1").inner_text() == f"{SERVED_AS} · latent 2"
+    page.go_back()
+    ready(page, "#/graph/chain?node=L0%2FP2%2FF2")
+    assert page.locator(".graph-node.selected").get_attribute("data-id") == "L0/P2/F2"
     assert page.errors == []

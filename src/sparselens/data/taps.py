@@ -103,9 +103,24 @@ def stack_chunks(chunks: Sequence[ChunkLike]) -> tuple[Tensor, Tensor]:
 
 def forward_kwargs(model: torch.nn.Module) -> dict[str, bool]:
     """``use_cache=False`` for models that take it: a harvest never reuses keys and values,
-    and building the cache costs memory and time."""
-    takes_it = "use_cache" in inspect.signature(model.forward).parameters
-    return {"use_cache": False} if takes_it else {}
+    and building the cache costs memory and time. ``interpolate_pos_encoding=True`` for
+    vision models that take it (ViT): images of any size that fits the patch grid."""
+    parameters = inspect.signature(model.forward).parameters
+    kwargs = {"use_cache": False} if "use_cache" in parameters else {}
+    if "interpolate_pos_encoding" in parameters:
+        kwargs["interpolate_pos_encoding"] = True
+    return kwargs
+
+
+def model_inputs(loaded: LoadedModel, chunks: Sequence[ChunkLike], ids: Tensor
+                 ) -> dict[str, Tensor]:
+    """Token ids for a language model; image chunks (`sparselens.data.image_harvest`) carry
+    ``pixel_values``, which a vision model takes instead (in its own dtype)."""
+    pixels = [getattr(chunk, "pixel_values", None) for chunk in chunks]
+    if pixels[0] is None:
+        return {"input_ids": ids.to(loaded.device)}
+    dtype = next(loaded.model.parameters()).dtype
+    return {"pixel_values": torch.stack(pixels).to(loaded.device, dtype)}
 
 
 @torch.no_grad()  # not inference_mode: streamed rows must be usable as autograd inputs
@@ -118,7 +133,7 @@ def read_chunks(taps: Sequence[Tap], chunks: Sequence[ChunkLike], first_seq: int
     for tap in taps:
         model = tap.loaded.model
         captured = capture(model, list(tap.hookpoints), stop_early=True,
-                           input_ids=ids.to(tap.loaded.device), **forward_kwargs(model))
+                           **model_inputs(tap.loaded, chunks, ids), **forward_kwargs(model))
         for hp, name in zip(tap.hookpoints, tap.names):
             act = captured[hp]
             if act.shape[:2] != (n_seq, length):

@@ -14,6 +14,7 @@ Whitespace is kept as-is here; the page makes newlines, tabs and runs of spaces 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -36,7 +37,15 @@ def _byte_level_decoder() -> dict[str, int]:
     return {chr(char): b for b, char in table.items()}
 
 
+def is_byte_level(tokenizer: object) -> bool:
+    """Whether the vocabulary pieces are GPT-2 style byte-level stand-ins."""
+    return _is_byte_level(tokenizer)
+
+
+@functools.lru_cache(maxsize=8)
 def _is_byte_level(tokenizer: object) -> bool:
+    """Cached per tokenizer: the check serialises the whole tokenizer to JSON (seconds for a
+    262k vocabulary), and pages call `token_texts` once per context."""
     if hasattr(tokenizer, "byte_decoder"):
         return True
     backend = getattr(tokenizer, "backend_tokenizer", None)

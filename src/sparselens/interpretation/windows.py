@@ -37,7 +37,8 @@ _STRIDE = 1 << 32
 def collect_windows(dictionary: Dictionary, examples: FeatureExamples,
                     batches: Iterable[ActivationBatch], before: int = 24,
                     after: int = 8) -> FeatureExamples:
-    """Return `examples` with ``windows`` filled for the top and sample slots.
+    """Return `examples` with ``windows`` filled for every example set (top, samples and the
+    random non-firing tokens, whose windows show whether the context around them is quiet).
 
     `batches` must cover the same tokens as the first pass (any order, any batch size).
     Window positions with no stored activation (special tokens, beyond the sequence) stay 0.
@@ -45,9 +46,9 @@ def collect_windows(dictionary: Dictionary, examples: FeatureExamples,
     if before < 0 or after < 0:
         raise ValueError(f"window sizes must be >= 0, got before={before}, after={after}")
     width = before + 1 + after
-    top_slots = examples.top.seq_ids.shape[1]
-    seq = torch.cat([examples.top.seq_ids, examples.samples.seq_ids], dim=1)
-    pos = torch.cat([examples.top.positions, examples.samples.positions], dim=1)
+    sets = examples.sets()
+    seq = torch.cat([part.seq_ids for part in sets.values()], dim=1)
+    pos = torch.cat([part.positions for part in sets.values()], dim=1)
     slots_per_feature = seq.shape[1]
     flat_slot = torch.nonzero(seq.reshape(-1) >= 0).squeeze(1)
     keys = seq.reshape(-1)[flat_slot] * _STRIDE + pos.reshape(-1)[flat_slot]
@@ -62,9 +63,12 @@ def collect_windows(dictionary: Dictionary, examples: FeatureExamples,
                         windows, before, after)
 
     windows = windows.reshape(seq.shape[0], slots_per_feature, width)
-    top = replace(examples.top, windows=windows[:, :top_slots].contiguous())
-    samples = replace(examples.samples, windows=windows[:, top_slots:].contiguous())
-    return replace(examples, top=top, samples=samples, window=(before, after))
+    filled, start = {}, 0
+    for name, part in sets.items():
+        slots = part.seq_ids.shape[1]
+        filled[name] = replace(part, windows=windows[:, start:start + slots].contiguous())
+        start += slots
+    return replace(examples, window=(before, after), **filled)
 
 
 def _fill_batch(dictionary: Dictionary, hookpoint: str, batch: ActivationBatch, keys: Tensor,

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from sparselens.server import limits as checks
 from sparselens.server.feature import feature_payload
+from sparselens.server.graphs import ServedGraph
 from sparselens.server.latents import SORTS, latent_list
 from sparselens.server.limits import BadRequest, Limits
 from sparselens.server.middleware import BodyLimit, SecurityHeaders
@@ -35,6 +36,7 @@ from sparselens.server.similar import similar_latents
 from sparselens.server.store import DictionaryStore
 
 ASSETS = {"viewer.js": "text/javascript; charset=utf-8",
+          "graph.js": "text/javascript; charset=utf-8",
           "viewer.css": "text/css; charset=utf-8"}
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 
@@ -47,11 +49,12 @@ class Viewer:
     """Route handlers over the served stores (one instance per app)."""
 
     def __init__(self, stores: Sequence[DictionaryStore], runner: ModelRunner | None,
-                 limits: Limits) -> None:
+                 limits: Limits, graphs: Sequence[ServedGraph] = ()) -> None:
         names = [s.name for s in stores]
         if len(set(names)) != len(names):
             raise ValueError(f"two served dictionaries share a name: {names}")
         self.stores = {s.name: s for s in stores}
+        self.graphs = {g.name: g for g in graphs}
         self.runner = runner
         self.limits = limits
 
@@ -84,6 +87,7 @@ class Viewer:
     async def info(self, request: Request) -> Response:
         return JSONResponse({"dictionaries": [s.describe() for s in self.stores.values()],
                              "model": self.runner.name if self.runner else None,
+                             "graphs": list(self.graphs),
                              "limits": vars(self.limits)})
 
     async def overview(self, request: Request) -> Response:
@@ -121,6 +125,15 @@ class Viewer:
         latent = self.latent(store, request.path_params["latent"])
         runner = self.need_runner()
         return JSONResponse(await run_in_threadpool(runner.logit_lens, store, latent))
+
+    async def graph_list(self, request: Request) -> Response:
+        return JSONResponse({"graphs": [g.describe() for g in self.graphs.values()]})
+
+    async def graph(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in self.graphs:
+            raise HTTPException(404, f"no served graph is called {name!r}")
+        return JSONResponse(self.graphs[name].data)
 
     async def search(self, request: Request) -> Response:
         query = request.query_params.get("q", "")
@@ -193,18 +206,21 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 
 def create_app(stores: Sequence[DictionaryStore], runner: ModelRunner | None = None,
-               limits: Limits | None = None, allowed_hosts: Sequence[str] | None = None
-               ) -> Starlette:
+               limits: Limits | None = None, allowed_hosts: Sequence[str] | None = None,
+               graphs: Sequence[ServedGraph] = ()) -> Starlette:
     """The viewer app. `allowed_hosts` are the Host headers accepted (default: loopback names
-    only, which also stops DNS-rebinding pages from reading the API)."""
+    only, which also stops DNS-rebinding pages from reading the API); `graphs` are the
+    attribution graphs to serve (`graphs.load_graphs`)."""
     limits = limits or Limits()
-    viewer = Viewer(stores, runner, limits)
+    viewer = Viewer(stores, runner, limits, graphs)
     routes = [
         Route("/", viewer.page),
         Route("/assets/{name}", viewer.asset),
         Route("/api/info", viewer.info),
         Route("/api/overview", viewer.overview),
         Route("/api/search", viewer.search),
+        Route("/api/graphs", viewer.graph_list),
+        Route("/api/graphs/{name}", viewer.graph),
         Route("/api/d/{name}/latents", viewer.latents),
         Route("/api/d/{name}/feature/{latent:int}", viewer.feature),
         Route("/api/d/{name}/feature/{latent:int}/similar", viewer.similar),

@@ -8,8 +8,9 @@ from sparselens.cli.options import positional
 
 NAME = "serve"
 HELP = ("Serve a feature viewer for one or more dictionaries on this machine: overview, "
-        "feature pages with examples and logit lens, search, and (with --model) text and "
-        "steering playgrounds. Binds 127.0.0.1 unless --host says otherwise.")
+        "feature pages with examples and logit lens, search, attribution graphs (--graphs), "
+        "and (with --model) text and steering playgrounds. Binds 127.0.0.1 unless --host says "
+        "otherwise.")
 
 
 @dataclass
@@ -29,6 +30,9 @@ class Config:
     tokenizer: str | None = None
     """Tokenizer (embedded model name or local folder) that turns the cache's token ids into
     text when the viewer index is built; None: the --model's, else the cache's model."""
+    graphs: tuple[str, ...] | None = None
+    """Attribution graph files written by `sparselens circuit --out` to show on the graph
+    page (only these files are served; each is checked at startup)."""
     host: str = "127.0.0.1"
     """Address to bind. Anything but a loopback address exposes the viewer (and the model)
     to the network without authentication; a warning says so."""
@@ -41,12 +45,16 @@ class Config:
 
 
 def run(cfg: Config) -> int:
+    from sparselens.server.graphs import load_graphs
     from sparselens.server.launch import build_app, open_stores, run_server
 
     if not cfg.dictionaries:
         raise ValueError("give the dictionary folders to serve: sparselens serve SAE [SAE ...]")
     if not 0 < cfg.port < 65536:
         raise ValueError(f"--port must be from 1 to 65535, got {cfg.port}")
+    graphs = load_graphs(cfg.graphs or ())  # before the slow part: a bad file fails at once
+    for graph in graphs:
+        print(f"graph {graph.name}: {graph.path} · {len(graph.data['nodes'])} nodes", flush=True)
     model = None
     if cfg.model is not None:
         from sparselens.models.source import load_model
@@ -61,7 +69,8 @@ def run(cfg: Config) -> int:
         tokenizer = tokenizer_for(cfg.tokenizer)
     stores = open_stores(cfg.dictionaries, cache=cfg.cache, examples=cfg.examples,
                          tokenizer=tokenizer, model_name=model.name if model else None)
-    run_server(build_app(stores, model, host=cfg.host), host=cfg.host, port=cfg.port)
+    run_server(build_app(stores, model, host=cfg.host, graphs=graphs), host=cfg.host,
+               port=cfg.port)
     return 0
 
 

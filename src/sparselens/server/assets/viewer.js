@@ -6,6 +6,7 @@
  *   #/search/<query>                search results
  *   #/playground?d=..&f=..&text=..  text playground
  *   #/steer?d=..&f=..&coef=..&prompt=..  steering playground
+ *   #/graphs, #/graph/<name>        attribution graphs (drawn by graph.js)
  * Text from the server (tokens, explanations, names) only ever goes into textContent or SVG
  * text nodes, never parsed as HTML, so a token "<script>" shows as those characters.
  * No external script, font or stylesheet: the page works offline.
@@ -776,6 +777,17 @@
     });
   }
 
+  // ---------- attribution graphs (graph.js draws them with these helpers) ----------
+
+  const pages = (window.sparselens = window.sparselens || {});
+  pages.helpers = { el, svg, fmt, api, link, section, errorBox, featureHref, params,
+                    info: () => INFO };
+
+  function graphPage(which, ...args) {
+    if (!pages.graph) throw new Error("graph.js did not load");
+    return pages.graph[which](...args);
+  }
+
   // ---------- routing ----------
 
   async function route() {
@@ -804,6 +816,12 @@
       } else if (parts[0] === "steer") {
         mark("steer");
         await showSteer(root, query);
+      } else if (parts[0] === "graphs" && parts.length === 1) {
+        mark("graphs");
+        await graphPage("list", root);
+      } else if (parts[0] === "graph" && parts.length === 2) {
+        mark("graphs");
+        await graphPage("show", root, decodeURIComponent(parts[1]), query);
       } else if (!parts.length) {
         mark("overview");
         await showOverview(root);
