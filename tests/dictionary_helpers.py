@@ -35,6 +35,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mp": {"k": 4},
     "archetypal": {"k": 4, "n_candidates": 48, "delta": 0.5},
     "variational": {"k": 4, "kl_coef": 0.1},
+    "polysae": {"k": 4, "interaction_rank": 4},
+    "kronsae": {"k": 4, "base": 2, "compose": 8},
+    "mdl": {"sparsity_coef": 1e-2, "value_bits": 4.0},
 }
 
 

@@ -16,7 +16,7 @@ ALL = sorted(VARIANTS)
 def test_every_variant_is_registered() -> None:
     expected = {"relu", "relu_dn", "topk", "batchtopk", "multi_topk", "abstopk", "matryoshka",
                 "jumprelu", "gated", "p_anneal", "feature_choice", "mutual_choice", "top_afa",
-                "mp", "archetypal", "variational"}
+                "mp", "archetypal", "variational", "polysae", "kronsae", "mdl"}
     assert expected == set(VARIANTS) and expected <= set(REGISTRY)
 
 

@@ -9,6 +9,7 @@ import torch
 from dictionary_helpers import l0_without_and_with_penalty, make, mean_l0, sparse_data, train
 from sparselens.dictionaries import StepContext, build
 from sparselens.dictionaries.ste import heaviside, jumprelu, rectangle
+from sparselens.io.native import load_dictionary, save_dictionary
 
 EPS = 0.1
 Z = torch.tensor([[0.50, 1.00, 0.18],
@@ -95,20 +96,59 @@ def test_l0_falls_under_the_l0_penalty() -> None:
     assert penalised < 0.7 * free
 
 
-def test_target_l0_option() -> None:
-    model = make("jumprelu", sparsity_coef=1.0, target_l0=6.0)
+def test_hyperparameters_are_in_the_papers_units() -> None:
+    """ε, θ₀ and λ are given for unit mean squared norm inputs and scaled by the sample's RMS
+    norm u: ε·u, θ₀·u, λ·u² (pre-activations scale with u, the squared error with u²)."""
+    model = make("jumprelu", sparsity_coef=0.01, bandwidth=0.002, initial_threshold=0.003)
+    x = sparse_data(512)
+    unit = float(x.pow(2).sum(-1).mean().sqrt())
+    model.initialize_from_data(x)
+    assert model.cfg.code_unit == pytest.approx(unit, rel=1e-5)
+    assert model.bandwidth == pytest.approx(0.002 * unit, rel=1e-5)
+    torch.testing.assert_close(model.code_threshold().detach(), torch.full((64,), 0.003 * unit))
+    assert model.sparsity_coef(StepContext(step=1, total_steps=1)) == pytest.approx(
+        0.01 * unit ** 2, rel=1e-5)
+    literal = make("jumprelu", code_unit=1.0)
+    literal.initialize_from_data(x)
+    assert literal.bandwidth == 1e-3
+
+
+def test_target_l0_penalty_and_start_at_the_target() -> None:
+    model = make("jumprelu", k=6, target_coef=2.0)
     x = sparse_data(2048)
+    model.initialize_from_data(x[:512])
+    assert abs(mean_l0(model, x[:512]) - 6.0) < 0.5
     pre = model.pre_acts(x[:64])
-    l0 = (pre > model.threshold).float().sum(-1).mean()
-    terms = model.loss_terms(x[:64], x[:64], pre, model.activation(pre), x[:64],
-                             StepContext(step=1, total_steps=1))
-    torch.testing.assert_close(terms["l0_target"], (l0 / 6.0 - 1) ** 2)
-    start = mean_l0(model, x)
-    train(model, x, steps=150)
-    assert abs(mean_l0(model, x) - 6.0) < abs(start - 6.0) / 3
+    l0 = (pre > model.code_threshold()).float().sum(-1).mean()
+    terms = model.loss_terms(x[:64], x[:64], pre, model.activation(pre), x[:64], StepContext())
+    unit = model.cfg.code_unit
+    torch.testing.assert_close(terms["l0_target"], 2.0 * unit ** 2 * (l0 / 6.0 - 1) ** 2)
 
 
-@pytest.mark.parametrize("bad", [{"bandwidth": 0.0}, {"target_l0": 0.0},
+def test_saving_folds_the_unit_into_threshold_and_hyperparameters(tmp_path) -> None:
+    model = make("jumprelu", sparsity_coef=0.01, k=6)
+    x = sparse_data(1024)
+    train(model, x, steps=20)
+    unit = model.cfg.code_unit
+    assert unit > 1.5
+    save_dictionary(model, tmp_path / "jr")
+    loaded = load_dictionary(tmp_path / "jr")
+    assert loaded.cfg.code_unit == 1.0
+    assert loaded.cfg.bandwidth == pytest.approx(1e-3 * unit)
+    assert loaded.cfg.sparsity_coef == pytest.approx(0.01 * unit ** 2)
+    torch.testing.assert_close(loaded.threshold, model.threshold.detach() * unit)
+    torch.testing.assert_close(loaded.encode(x), model.encode(x))
+
+
+@pytest.mark.parametrize("target", [4, 8])
+def test_target_l0_is_reached_within_ten_percent(target: int) -> None:
+    model = make("jumprelu", k=target)
+    x = sparse_data(4096)
+    train(model, x, steps=600, lr=3e-3, batch_size=256)
+    assert abs(mean_l0(model, x) - target) < 0.1 * target
+
+
+@pytest.mark.parametrize("bad", [{"bandwidth": 0.0}, {"k": 0}, {"k": 2.5},
                                  {"sparsity_coef": -1.0}, {"sparsity_warmup": 2.0}])
 def test_bad_config_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError):

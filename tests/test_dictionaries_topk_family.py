@@ -47,6 +47,42 @@ def test_batch_topk_keeps_k_times_batch_over_the_flattened_batch() -> None:
     assert (codes != 0).sum(1).tolist() == [3, 1, 2]
 
 
+def test_token_cap_limits_what_each_token_offers() -> None:
+    # cap 1: offers 3, 4, 2.5 -- fewer than the 6 slots, so all are kept and nothing else.
+    expected = torch.tensor([[3.0, 0, 0, 0], [0, 0, 4.0, 0], [0, 2.5, 0, 0]])
+    torch.testing.assert_close(batch_topk(PRE, 2, cap=1), expected)
+    # cap 2: offers (3, 1), (4, 0.2), (2.5, 2): six offers, all kept; 0.5 is no longer offered.
+    expected = torch.tensor([[3.0, 0, 1.0, 0], [0.2, 0, 4.0, 0], [2.0, 2.5, 0, 0]])
+    torch.testing.assert_close(batch_topk(PRE, 2, cap=2), expected)
+
+
+def test_token_cap_kernel_matches_the_dense_selection() -> None:
+    from sparselens.dictionaries import kernels
+
+    torch.manual_seed(0)
+    model = build("batchtopk", d_in=16, n_latents=64, k=4, token_cap=2.0)
+    x = torch.randn(32, 16)
+    x[3] *= 30.0  # one massive token
+    values, tokens, latents = kernels.select_batch_topk(x, model.W_enc, model.b_enc,
+                                                        model.b_dec, 4, token_cap=8)
+    dense = batch_topk(model.pre_acts(x).detach(), 4, cap=8)
+    assert (dense != 0).sum(1).max() == 8
+    got = torch.zeros_like(dense)
+    got[tokens, latents] = values.relu()
+    torch.testing.assert_close(got, dense)
+
+
+def test_token_cap_holds_at_inference_for_a_massive_token() -> None:
+    model = make("batchtopk", token_cap=2.0)
+    x = sparse_data(1024)
+    train(model, x, steps=30)
+    massive = x[:1] * 50
+    assert int((model.encode(massive) != 0).sum()) <= 8
+    uncapped = build("batchtopk", d_in=16, n_latents=64, k=4, token_cap=None)
+    uncapped.load_state_dict(model.state_dict())
+    assert int((uncapped.encode(massive) != 0).sum()) > 8
+
+
 def test_batchtopk_threshold_is_a_running_average_of_the_minimum_kept() -> None:
     model = build("batchtopk", d_in=4, n_latents=4, k=2, threshold_decay=0.5,
                   pre_encoder_bias=False)

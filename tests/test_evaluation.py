@@ -21,6 +21,7 @@ from sparselens.evaluation import (
     write_results,
 )
 from sparselens.evaluation.results import SCHEMA_VERSION, results_record
+from sparselens.io.native import load_dictionary, save_dictionary
 from sparselens.lens import Lens, ZeroAblate
 from sparselens.models.hookpoints import capture, resolve
 from sparselens.models.source import LoadedModel
@@ -301,3 +302,30 @@ def test_spliced_on_gemma(gemma: LoadedModel) -> None:
     assert m["kl_spliced_with_error"] == pytest.approx(0.0, abs=1e-4)
     assert m["ce_zero_ablation"] > m["ce_clean"] + 1.0
     assert m["kl_spliced"] > 0.01 and m["n_predictions"] == 2 * 22
+
+
+def test_fvu_above_one_is_a_field_and_a_warning() -> None:
+    worse = reconstruction_metrics(identity_dictionary(2, gain=0.0),
+                                   [batch_of(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))], "h")
+    assert worse["fvu"] > 1 and worse["fvu_above_one"] is True
+    assert len(worse["warnings"]) == 1 and "above 1" in worse["warnings"][0]
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    good = reconstruction_metrics(identity_dictionary(6), [batch_of(x)], "h")
+    assert good["fvu_above_one"] is False and good["warnings"] == []
+
+
+def test_eval_command_warns_loudly_when_fvu_is_above_one(
+        tiny_cache: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cache, _ = tiny_cache
+    out = tmp_path / "sae"
+    assert main(["train", str(cache), "--out", str(out), *TRAIN_ARGS]) == 0
+    broken = load_dictionary(out)
+    with torch.no_grad():
+        broken.b_dec.add_(1e3)  # every reconstruction far from the data
+    save_dictionary(broken, out)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--cache", str(cache), "--spliced", "false"]) == 0
+    assert "WARNING: FVU" in capsys.readouterr().err
+    recon = read_results(out / "eval.json")["reconstruction"]
+    assert recon["fvu_above_one"] is True and recon["warnings"]

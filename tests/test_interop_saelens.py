@@ -220,7 +220,7 @@ EXPORTS = [  # (variant, config overrides)
     ("topk", {"k": 5}),
     ("jumprelu", {}),
     ("gated", {}),
-    ("batchtopk", {"k": 5}),
+    ("batchtopk", {"k": 5, "token_cap": None}),
     ("relu", {"d_out": D_OUT, "pre_encoder_bias": False}),
     ("relu", {"d_out": D_OUT, "pre_encoder_bias": False, "skip_connection": True}),
     ("jumprelu", {"d_out": D_OUT, "pre_encoder_bias": False, "skip_connection": True}),
@@ -245,6 +245,23 @@ def test_export_loads_in_saelens_with_same_outputs(tmp_path, variant, overrides)
     compare(f"export {variant} {sorted(overrides)}", ours, sae, inputs())
     expected_scale = 2.5 if overrides.get("pre_encoder_bias", True) else 1.0
     assert ours.cfg.input_scale == expected_scale  # the live module is untouched
+
+
+def test_export_drops_the_token_cap_with_a_warning(tmp_path):
+    """SAELens's JumpReLU has no per-token cap: the file encodes like the uncapped dictionary."""
+    needs("batchtopk")
+    capped = build("batchtopk", d_in=D_IN, n_latents=D_SAE, k=5, token_cap=2.0,
+                   hookpoint="resid.2", model="m")
+    randomize(capped, seed=3)
+    capped.threshold.fill_(0.4)
+    with pytest.warns(UserWarning, match="token_cap=2.0"):
+        save_saelens(capped, tmp_path)
+    uncapped = build("batchtopk", d_in=D_IN, n_latents=D_SAE, k=5, token_cap=None,
+                     hookpoint="resid.2", model="m")
+    uncapped.load_state_dict(capped.state_dict())
+    compare("export capped batchtopk", uncapped.eval(), sae_lens.SAE.load_from_disk(tmp_path),
+            inputs())
+    assert capped.cfg.token_cap == 2.0  # the live module is untouched
 
 
 def test_export_refuses_what_saelens_cannot_express(tmp_path):

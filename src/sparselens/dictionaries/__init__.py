@@ -2,7 +2,8 @@
 
 Registry names (``build(name, ...)``, ``--architecture``): relu, relu_dn, topk, batchtopk,
 multi_topk, abstopk, matryoshka, jumprelu, gated, p_anneal, feature_choice, mutual_choice,
-top_afa, mp, archetypal, variational. See docs/dictionaries.md for each variant's paper.
+top_afa, mp, archetypal, variational, polysae, kronsae, mdl. See docs/dictionaries.md for
+each variant's paper.
 Multi-source dictionaries (crosscoder, mlsae) are registered here too, so every checkpoint
 loads after ``import sparselens``.
 """
@@ -23,12 +24,15 @@ from sparselens.dictionaries.choice import ChoiceConfig, FeatureChoiceSAE, Mutua
 from sparselens.dictionaries.crosscoder import Crosscoder
 from sparselens.dictionaries.gated import GatedSAE
 from sparselens.dictionaries.jumprelu import JumpReLUConfig, JumpReLUSAE
+from sparselens.dictionaries.kron import KronConfig, KronSAE
 from sparselens.dictionaries.matryoshka import MatryoshkaConfig, MatryoshkaSAE
+from sparselens.dictionaries.mdl import MDLSAE, MDLConfig
 from sparselens.dictionaries.mp import MatchingPursuitSAE, MPConfig
 from sparselens.dictionaries.multi_topk import MultiTopKConfig, MultiTopKSAE
 from sparselens.dictionaries.multilayer import MultiLayerSAE
 from sparselens.dictionaries.p_anneal import PAnnealConfig, PAnnealSAE
 from sparselens.dictionaries.penalized import PenaltyConfig
+from sparselens.dictionaries.poly import PolyConfig, PolySAE
 from sparselens.dictionaries.relu import ReluConfig, ReluDNConfig, ReluDNSAE, ReluSAE
 from sparselens.dictionaries.top_afa import TopAFAConfig, TopAFASAE
 from sparselens.dictionaries.topk import AuxKConfig, TopKConfig, TopKSAE
@@ -50,7 +54,11 @@ __all__ = [
     "GatedSAE",
     "JumpReLUConfig",
     "JumpReLUSAE",
+    "KronConfig",
+    "KronSAE",
     "LossOutput",
+    "MDLConfig",
+    "MDLSAE",
     "MPConfig",
     "MatchingPursuitSAE",
     "MatryoshkaConfig",
@@ -62,6 +70,8 @@ __all__ = [
     "PAnnealConfig",
     "PAnnealSAE",
     "PenaltyConfig",
+    "PolyConfig",
+    "PolySAE",
     "ReluConfig",
     "ReluDNConfig",
     "ReluDNSAE",

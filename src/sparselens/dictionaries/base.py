@@ -278,7 +278,7 @@ class Dictionary(nn.Module):
         s, t = self.cfg.input_scale, self.cfg.output_scale
         if s == 1.0 and t == 1.0:
             return
-        self.W_enc.mul_(s)
+        self.scale_encoder_(s)
         # b_dec is the output bias in t-scaled space; for an autoencoder it is also subtracted
         # from the s-scaled input, and there s == t, so dividing by t serves both roles.
         self.b_dec.div_(t)
@@ -288,6 +288,10 @@ class Dictionary(nn.Module):
         self.fold_extra_scales(s, t)
         self.cfg.input_scale = 1.0
         self.cfg.output_scale = 1.0
+
+    def scale_encoder_(self, factor: float) -> None:
+        """Multiply the encoder weights in place (variants with a factorised encoder override)."""
+        self.W_enc.mul_(factor)
 
     def scale_decoder_(self, factor: float) -> None:
         """Multiply the decoder atoms in place (variants with a derived decoder override)."""

@@ -14,6 +14,7 @@ threshold (Choice SAEs, Matryoshka's extra terms) do not inherit the kernel unle
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,15 +34,40 @@ class BatchTopKConfig(TopKConfig):
     k*B-th largest activation of a batch varies little between batches, and a short memory
     follows the activations as they change during training."""
 
+    token_cap: float | None = 4.0
+    """The most latents one token may take, as a multiple of k, in training and at inference
+    (None: no cap, as in the paper). Without it a few massive-norm tokens take thousands of
+    latents each and FVU exceeds 1 (docs/dictionaries.md, 'Massive-activation tokens')."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.threshold_decay < 1.0:
             raise ValueError(f"threshold_decay must be in [0, 1), got {self.threshold_decay}")
+        if self.token_cap is not None and not self.token_cap >= 1:
+            raise ValueError(f"token_cap is a multiple of k, at least 1 (or None), got "
+                             f"{self.token_cap}")
+
+    @property
+    def resolved_token_cap(self) -> int | None:
+        """The cap in latents, or None when it does not bind (no cap, or at least n)."""
+        if self.token_cap is None:
+            return None
+        cap = math.ceil(self.token_cap * self.k)
+        return cap if cap < self.n_latents else None
 
 
-def batch_topk(pre: Tensor, k: int) -> Tensor:
-    """Keep the ``k * B`` largest ReLU activations of a ``(B, n)`` batch, zero the rest."""
-    acts = torch.relu(pre)
+def cap_per_token(acts: Tensor, cap: int | None) -> Tensor:
+    """Keep each row's `cap` largest entries (all of them with None), zero the rest."""
+    if cap is None:
+        return acts
+    values, indices = acts.topk(cap, dim=-1, sorted=False)
+    return torch.zeros_like(acts).scatter_(-1, indices, values)
+
+
+def batch_topk(pre: Tensor, k: int, cap: int | None = None) -> Tensor:
+    """Keep the ``k * B`` largest ReLU activations of a ``(B, n)`` batch, zero the rest; with
+    `cap`, a token offers only its `cap` largest."""
+    acts = cap_per_token(torch.relu(pre), cap)
     flat = acts.reshape(-1)
     n_keep = min(k * acts.reshape(-1, acts.shape[-1]).shape[0], flat.numel())
     values, indices = flat.topk(n_keep, sorted=False)
@@ -69,7 +95,10 @@ class BatchTopKSAE(SparseKernelTraining):
 
     def batch_select(self, pre: Tensor) -> Tensor:
         """The training-time selection over the whole batch (dense codes)."""
-        return batch_topk(pre, self.cfg.k)
+        return batch_topk(pre, self.cfg.k, self.cfg.resolved_token_cap)
+
+    def token_cap(self) -> int | None:
+        return self.cfg.resolved_token_cap
 
     def observed_threshold(self, codes: Tensor) -> Tensor:
         """The smallest positive activation the batch selection kept."""
@@ -91,4 +120,4 @@ class BatchTopKSAE(SparseKernelTraining):
         """JumpReLU with the estimated threshold; per-token TopK before any estimate exists."""
         if bool(torch.isnan(self.threshold).all()):
             return super().activation(pre)
-        return apply_threshold(pre, self.threshold)
+        return cap_per_token(apply_threshold(pre, self.threshold), self.cfg.resolved_token_cap)

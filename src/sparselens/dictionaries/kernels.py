@@ -349,7 +349,8 @@ class SparseLossOutput(LossOutput):
 @torch.no_grad()
 def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k: int,
                       matmul_dtype: torch.dtype | None = None,
-                      tile_rows: int = TILE_ROWS) -> tuple[Tensor, Tensor, Tensor]:
+                      tile_rows: int = TILE_ROWS,
+                      token_cap: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """BatchTopK's selection: the ``k * B`` largest ReLU'd pre-activations of the whole batch.
 
     Each token offers its own top ``c = 4k`` (from `select_topk`); the batch keeps the best
@@ -358,10 +359,12 @@ def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | N
     it offers its whole row instead, and the best ``k * B`` of the new candidates are kept. That
     is exact in one round: the candidates only grew, so the cut-off did not fall, and every
     entry a token did not offer is at most its smallest offer, already below the old cut-off.
+    With `token_cap` each token offers exactly its top `token_cap` and never more (the capped
+    BatchTopK of `batchtopk.batch_topk`).
     Returns flat (values, tokens, latents) in token order, values raw (before the ReLU).
     """
     rows, n = x.shape[0], W_enc.shape[1]
-    offers = min(n, 4 * k)
+    offers = min(n, 4 * k if token_cap is None else token_cap)
     n_keep = min(k * rows, rows * offers)
     values, latents = select_topk(x, W_enc, b_enc, b_dec, offers, matmul_dtype, tile_rows)
     scores = values.relu()
@@ -369,7 +372,7 @@ def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | N
     saturated = scores.amin(-1) >= cutoff
     tokens = torch.arange(rows, device=x.device)[:, None].expand(rows, offers)
     values, tokens, latents = values.reshape(-1), tokens.reshape(-1), latents.reshape(-1)
-    if offers < n and bool(saturated.any()):
+    if token_cap is None and offers < n and bool(saturated.any()):
         wide = saturated.nonzero().squeeze(1)
         wide_values, wide_latents = select_topk(x[wide], W_enc, b_enc, b_dec, n, matmul_dtype,
                                                 tile_rows)
@@ -385,7 +388,8 @@ def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | N
 def sparse_training_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor,
                             b_dec: Tensor, k: int, *, selection: str = "rows",
                             pre_encoder_bias: bool = True,
-                            matmul_dtype: torch.dtype | None = None) -> SparseForward:
+                            matmul_dtype: torch.dtype | None = None,
+                            token_cap: int | None = None) -> SparseForward:
     """A k-sparse SAE forward on scaled inputs, built from the sparse pieces above.
 
     `selection`: ``"rows"`` (TopK: the k largest pre-activations of each token, ReLU'd),
@@ -408,7 +412,7 @@ def sparse_training_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tens
     with torch.autocast(x.device.type, enabled=False):
         if selection == "batch":
             values, tokens, latents = select_batch_topk(x, W_enc, b_enc, centre, k,
-                                                        matmul_dtype)
+                                                        matmul_dtype, token_cap=token_cap)
             pattern = SparsePattern.from_entries(tokens, latents, x.shape[0], n)
         else:
             values, indices = select_topk(x, W_enc, b_enc, centre, k, matmul_dtype,

@@ -86,12 +86,6 @@ def lp_penalty(codes: Tensor, p: float) -> Tensor:
     return torch.where(active, safe.pow(p), torch.zeros_like(magnitude)).sum(-1).mean()
 
 
-def target_l0_penalty(l0: Tensor, target: float) -> Tensor:
-    """``(L0 / L0_target - 1)^2``: pulls the mean L0 of the batch towards a target instead of
-    penalising every active latent (an option for JumpReLU; not the paper's default)."""
-    return (l0 / target - 1.0).pow(2)
-
-
 def kl_to_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
     """``KL(N(μ, σ²) || N(0, 1))`` summed over latents, averaged over tokens."""
     return 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(-1).mean()

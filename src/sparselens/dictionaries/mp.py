@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from sparselens.dictionaries.base import Dictionary, DictionaryConfig, register
+from sparselens.dictionaries.topk import check_k
 
 
 @dataclass
@@ -43,8 +44,7 @@ class MPConfig(DictionaryConfig):
         if self.d_out != self.d_in:
             raise ValueError("matching pursuit decomposes its input over the decoder atoms, so "
                              f"d_out must equal d_in (got {self.d_out} and {self.d_in})")
-        if self.k <= 0:
-            raise ValueError(f"k (pursuit steps) must be positive, got {self.k}")
+        check_k(self.k, self.n_latents)
         if self.residual_threshold is not None and not self.residual_threshold >= 0:
             raise ValueError(f"residual_threshold must be >= 0, got {self.residual_threshold}")
         if self.max_inference_steps is not None and self.max_inference_steps <= 0:

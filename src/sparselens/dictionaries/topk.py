@@ -45,6 +45,13 @@ class AuxKConfig(DictionaryConfig):
         return self.k_aux if self.k_aux is not None else max(1, self.d_in // 2)
 
 
+def check_k(k: object, n_latents: int) -> None:
+    """The one rule for `k`, the field every variant with an L0 knob takes (TopK family, MP,
+    JumpReLU's target): an integer in 1..n_latents."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= n_latents:
+        raise ValueError(f"k must be an integer in 1..n_latents ({n_latents}), got {k!r}")
+
+
 @dataclass
 class TopKConfig(AuxKConfig):
     k: int = 32
@@ -52,9 +59,7 @@ class TopKConfig(AuxKConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.k, int) or not 0 < self.k <= self.n_latents:
-            raise ValueError(f"k must be an integer in 1..n_latents ({self.n_latents}), "
-                             f"got {self.k!r}")
+        check_k(self.k, self.n_latents)
 
 
 class AuxKDictionary(Dictionary):
@@ -119,7 +124,7 @@ class SparseKernelTraining(TopKBase):
         target = x if target is None else target
         fast = kernels.sparse_training_forward(
             x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.cfg.k, selection=selection,
-            pre_encoder_bias=self.cfg.pre_encoder_bias,
+            pre_encoder_bias=self.cfg.pre_encoder_bias, token_cap=self.token_cap(),
             matmul_dtype=kernels.autocast_matmul_dtype(x.device))
         self.after_sparse_selection(fast)
         recon = fast.recon + self.skip(x) if self.cfg.skip_connection else fast.recon
@@ -130,6 +135,10 @@ class SparseKernelTraining(TopKBase):
 
     def after_sparse_selection(self, fast: kernels.SparseForward) -> None:
         """Hook for state kept from the training selection (BatchTopK's threshold)."""
+
+    def token_cap(self) -> int | None:
+        """The most latents a batch selection may give one token (None: no cap)."""
+        return None
 
     def sparse_loss_terms(self, x: Tensor, target: Tensor, fast: kernels.SparseForward,
                           recon: Tensor, ctx: StepContext) -> dict[str, Tensor]:

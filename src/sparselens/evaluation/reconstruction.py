@@ -13,6 +13,8 @@ the *whole* evaluation set:
 - ``latent_density`` = fraction of tokens on which each latent is non-zero;
   ``dead_fraction`` = share of latents with density 0, ``dense_fraction`` = share with
   density above ``dense_threshold``.
+- ``fvu_above_one``: the reconstruction is worse than predicting the mean; ``warnings`` then
+  says so in words (`fvu_warning`), and the CLI prints it as a WARNING line.
 """
 
 from __future__ import annotations
@@ -88,7 +90,19 @@ class ReconstructionStats:
             "dense_fraction": float((density > dense_threshold).double().mean()),
             "dense_threshold": dense_threshold,
             "latent_density": density.cpu(),
+            "fvu_above_one": fvu > 1.0,
+            "warnings": [w for w in (fvu_warning(fvu),) if w],
         }
+
+
+def fvu_warning(fvu: float) -> str | None:
+    """The loud message for a dictionary that reconstructs worse than the mean (FVU > 1)."""
+    if not fvu > 1.0:
+        return None
+    return (f"FVU {fvu:.3f} is above 1: this dictionary reconstructs the held-out activations "
+            "worse than their mean does. Massive-norm tokens are the usual cause (see "
+            "docs/dictionaries.md, 'Massive-activation tokens'); retrain with --max-norm-ratio "
+            "or a per-token selection (topk), and do not use these codes as they are")
 
 
 def relative_bias(recon_sq: Tensor, recon_dot: Tensor) -> float:

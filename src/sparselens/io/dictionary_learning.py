@@ -142,7 +142,7 @@ def _batch_topk(state: dict[str, Tensor], source: Path, hint: str) -> Translated
                     "threshold"], source, hint)
     tensors = _linear(state, "b_dec")
     tensors["threshold"] = _threshold(state)
-    return "batchtopk", {"k": int(state["k"])}, tensors
+    return "batchtopk", {"k": int(state["k"]), "token_cap": None}, tensors
 
 
 def _matryoshka(state: dict[str, Tensor], source: Path, hint: str) -> Translated:
@@ -150,7 +150,8 @@ def _matryoshka(state: dict[str, Tensor], source: Path, hint: str) -> Translated
             source, hint)
     tensors = {name: state[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     tensors["threshold"] = _threshold(state)
-    config = {"k": int(state["k"]), "group_sizes": [int(s) for s in state["group_sizes"]]}
+    config = {"k": int(state["k"]), "group_sizes": [int(s) for s in state["group_sizes"]],
+              "token_cap": None}
     return "matryoshka", config, tensors
 
 

@@ -106,6 +106,8 @@ def translate(cfg: dict[str, Any], state: dict[str, Tensor], source: Path,
     }
     if variant in ("topk", "batchtopk", "matryoshka"):
         config["k"] = _integer_k(cfg, source)
+    if variant in ("batchtopk", "matryoshka"):
+        config["token_cap"] = None  # SAELens has no per-token cap
     if variant == "matryoshka":
         config["group_sizes"] = _group_sizes(cfg, d_sae, source)
     return ForeignDictionary(source=source, architecture=variant, config=config, tensors=tensors)

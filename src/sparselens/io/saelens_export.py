@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +42,19 @@ def save_saelens(dictionary: Dictionary, path: str | os.PathLike) -> Path:
 
     The scales are folded in first (the live module is untouched), so the written SAE works on
     raw activations. Raises ValueError for variants SAELens has no inference class for.
+    SAELens's JumpReLU has no per-token cap: a BatchTopK-family `token_cap` is dropped (with a
+    warning, and recorded in the metadata), so the file encodes like the uncapped dictionary,
+    which differs only on tokens with more than the cap above the threshold.
     """
     from safetensors.torch import save
 
     folded = copy.deepcopy(dictionary).cpu()
     folded.fold_scales()
+    dropped_cap = getattr(folded.cfg, "token_cap", None)
+    if dropped_cap is not None:
+        warnings.warn(f"SAELens cannot express token_cap={dropped_cap} (at most that many times "
+                      "k latents per token); the exported SAE has no cap", stacklevel=2)
+        folded.cfg.token_cap = None
     arch, tensors = _export_tensors(folded)
     cfg = folded.cfg
     transcoder = "transcoder" in arch
@@ -53,6 +62,7 @@ def save_saelens(dictionary: Dictionary, path: str | os.PathLike) -> Path:
         "sae_lens_version": WRITTEN_LAYOUT_VERSION, "model_name": cfg.model,
         "hook_name": hookpoint_to_tl(cfg.hookpoint), "sparselens_hookpoint": cfg.hookpoint,
         "sparselens_architecture": folded.architecture,
+        "sparselens_token_cap_dropped": dropped_cap,
     }
     if transcoder:
         metadata.update(hook_name_out=hookpoint_to_tl(cfg.target_hookpoint),

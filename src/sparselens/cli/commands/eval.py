@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def _print_summary(record: dict[str, Any], out: Path) -> None:
           f"dead {100 * recon['dead_fraction']:.1f}%, dense {100 * recon['dense_fraction']:.1f}%")
     for r in recon.get("per_source", []):
         print(f"  {r['source']}: FVU {r['fvu']:.4f}, L0 {r['l0']:.1f}")
+    for warning in recon.get("warnings", []):
+        print(f"WARNING: {warning}", file=sys.stderr)
     if spliced and "per_source" in spliced:
         for r in spliced["per_source"]:
             print(f"  {r['source']} spliced: CE clean {r['ce_clean']:.4f}, spliced "

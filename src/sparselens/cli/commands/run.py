@@ -7,6 +7,7 @@ harvest (or reuse the cache) -> train (or resume) -> evaluate -> report; the pip
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,5 +39,8 @@ def _stage(index: int, name: str, where: Path) -> None:
 def _summary(eval_path: Path, report: Path) -> None:
     from sparselens.pipelines.run import summary_line
 
-    line = summary_line(json.loads(eval_path.read_text()), eval_path.parent / "metrics.jsonl")
+    record = json.loads(eval_path.read_text())
+    line = summary_line(record, eval_path.parent / "metrics.jsonl")
     print(f"\n{line}\nreport: {(report / 'index.html').resolve()}")
+    for warning in record["reconstruction"].get("warnings", []):
+        print(f"WARNING: {warning}", file=sys.stderr)

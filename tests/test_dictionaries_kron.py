@@ -1,0 +1,64 @@
+"""KronSAE (Kurochkin et al. 2025): mAND by hand, the latent ordering of the Kronecker
+factorisation, and the encoder's size against a TopK SAE's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparselens.dictionaries import build
+from sparselens.dictionaries.kron import mand
+
+
+def test_mand_by_hand() -> None:
+    p = torch.tensor([[2.0, -1.0]])          # one head, m = 2
+    q = torch.tensor([[8.0, 0.5, 0.0]])      # n = 3
+    z = mand(p, q)
+    # sqrt(2*8) = 4, sqrt(2*0.5) = 1, q = 0 and p < 0 never fire.
+    assert z.tolist() == [[[4.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]
+
+
+def test_mand_gradient_is_finite_at_the_edge() -> None:
+    p = torch.tensor([[1e-20, 1.0]], requires_grad=True)
+    q = torch.tensor([[4.0]], requires_grad=True)
+    mand(p, q).sum().backward()
+    assert torch.isfinite(p.grad).all() and torch.isfinite(q.grad).all()
+    assert p.grad[0, 1] == pytest.approx(0.5 * (4.0 / 1.0) ** 0.5)  # q / (2 sqrt(pq))
+
+
+def test_latents_are_the_head_wise_outer_products() -> None:
+    """2 heads, m = 2, n = 2: latent (g, i, j) at index g*4 + i*2 + j."""
+    model = build("kronsae", d_in=3, n_latents=8, k=8, base=2, compose=2,
+                  pre_encoder_bias=False)
+    with torch.no_grad():
+        model.W_p.copy_(torch.tensor([[1.0, 0, 2, 0], [0, 1, 0, 0], [0, 0, 0, 1]]))
+        model.W_q.copy_(torch.tensor([[1.0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 3]]))
+    x = torch.tensor([[1.0, 4.0, 1.0]])
+    # p = (x0, x1 | 2 x0, x2) = (1, 4 | 2, 1); q = (x0, x0 | x1, 3 x2) = (1, 1 | 4, 3)
+    expected = torch.tensor([[1.0, 1, 2, 2, (2 * 4) ** 0.5, 6 ** 0.5, 2, 3 ** 0.5]])
+    torch.testing.assert_close(model.pre_acts(x), expected)
+    codes = build("kronsae", d_in=3, n_latents=8, k=2, base=2, compose=2,
+                  pre_encoder_bias=False)
+    codes.load_state_dict(model.state_dict())
+    assert sorted(codes.encode(x).nonzero()[:, 1].tolist()) == [4, 5]   # sqrt 8, sqrt 6
+
+
+def test_encoder_is_h_m_plus_n_by_d() -> None:
+    """The paper's saving: h (m + n) d encoder weights instead of F d."""
+    kron = build("kronsae", d_in=640, n_latents=4096, k=32)          # m = 4, n = 64, h = 16
+    topk = build("topk", d_in=640, n_latents=4096, k=32)
+    assert kron.W_p.numel() + kron.W_q.numel() == 16 * (4 + 64) * 640
+    assert (kron.W_p.numel() + kron.W_q.numel()) / topk.W_enc.numel() == pytest.approx(68 / 256)
+    assert not hasattr(kron, "W_enc")
+
+
+def test_widths_must_factorise() -> None:
+    with pytest.raises(ValueError, match="multiple of base x compose"):
+        build("kronsae", d_in=8, n_latents=100, k=4, base=4, compose=8)
+
+
+def test_decoder_starts_along_both_factors() -> None:
+    model = build("kronsae", d_in=6, n_latents=16, k=4, base=2, compose=4)   # h = 2
+    row = 1 * 8 + 1 * 4 + 3        # head 1, base 1, composition 3
+    expected = model.W_p[:, 1 * 2 + 1] + model.W_q[:, 1 * 4 + 3]
+    torch.testing.assert_close(model.W_dec[row], (expected / expected.norm()).detach())
