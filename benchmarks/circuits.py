@@ -22,13 +22,23 @@ import torch
 
 from sparselens.circuits.graph import attribution_graph
 from sparselens.circuits.metrics import logit
-from sparselens.dictionaries import build
+from sparselens.dictionaries import Dictionary, build
 from sparselens.lens import Lens
 from sparselens.models.source import load_model
 
 RESULTS = Path(__file__).parent / "results" / "circuits.json"
 PROMPT = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, "
           "France. It is named after the engineer Gustave Eiffel, whose company designed")
+
+
+def random_transcoders(n_layers: int, latents: int, k: int, target: str = "mlp_out.{}",
+                       **config: object) -> dict[str, Dictionary]:
+    """One random TopK transcoder per layer (seed 0), reading mlp_in.L and writing `target`."""
+    torch.manual_seed(0)
+    return {f"tc{layer:02d}": build("topk", d_in=640, n_latents=latents, k=k,
+                                    pre_encoder_bias=False, hookpoint=f"mlp_in.{layer}",
+                                    target_hookpoint=target.format(layer), **config)
+            for layer in range(n_layers)}
 
 
 def main() -> None:
@@ -43,13 +53,7 @@ def main() -> None:
 
     loaded = load_model("gemma-3-270m")
     n_layers = len(loaded.model.model.layers)
-    torch.manual_seed(0)
-    transcoders = {}
-    for layer in range(n_layers):
-        tc = build("topk", d_in=640, n_latents=args.latents, k=args.k, pre_encoder_bias=False,
-                   hookpoint=f"mlp_in.{layer}", target_hookpoint=f"mlp_out.{layer}")
-        transcoders[f"tc{layer:02d}"] = tc
-    lens = Lens(loaded, transcoders)
+    lens = Lens(loaded, random_transcoders(n_layers, args.latents, args.k))
     ids = lens.tokenize(PROMPT).ids[:, :args.tokens]
     tokens = lens.tokenize(ids)
     metric = logit(loaded.tokenizer, " the")
@@ -63,7 +67,7 @@ def main() -> None:
     graph = attribution_graph(lens, tokens, metric, max_latents=args.max_latents,
                               batch_size=args.batch_size)
     seconds = time.perf_counter() - start
-    completeness = abs(float(graph.adjacency[graph.metric_index].sum()) + graph.bias
+    completeness = abs(float(graph.rows[0].sum()) + graph.bias  # row 0: into the metric
                        - graph.value)
     row = {"tokens": int(tokens.ids.shape[1]), "layers": n_layers,
            "latents_per_transcoder": args.latents, "k": args.k,

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from circuits import random_transcoders  # benchmarks/circuits.py, beside this script
 from sparselens.circuits.graph import attribution_graph
 from sparselens.circuits.metrics import logit
-from sparselens.dictionaries import build
 from sparselens.lens import Lens
 from sparselens.models.source import load_model, resolve_model_dir
 
@@ -82,18 +82,15 @@ def main() -> None:
 
     loaded = load_model("gemma-3-270m")
     n_layers = len(loaded.model.model.layers)
-    torch.manual_seed(0)
-    transcoders = {}
     folder = Path(tempfile.mkdtemp(prefix="ct-compare-"))
-    for layer in range(n_layers):
-        tc = build("topk", d_in=640, n_latents=args.latents, k=args.k, pre_encoder_bias=False,
-                   unit_norm_decoder=False, hookpoint=f"mlp_in.{layer}",
-                   target_hookpoint=f"model.layers.{layer}.post_feedforward_layernorm")
+    transcoders = random_transcoders(n_layers, args.latents, args.k,
+                                     "model.layers.{}.post_feedforward_layernorm",
+                                     unit_norm_decoder=False)
+    for layer, tc in enumerate(transcoders.values()):
         with torch.no_grad():
             tc.W_dec.mul_(0.5)
             tc.b_enc.normal_(std=0.1)
             tc.b_dec.normal_(std=0.1)
-        transcoders[f"tc{layer:02d}"] = tc
         save_file({"W_enc": tc.W_enc.detach().T.contiguous(), "W_dec": tc.W_dec.detach().clone(),
                    "b_enc": tc.b_enc.detach().clone(), "b_dec": tc.b_dec.detach().clone()},
                   str(folder / f"layer{layer}.safetensors"))
