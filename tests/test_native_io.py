@@ -66,3 +66,19 @@ def test_bad_configs_are_explained():
         build("nope", d_in=8, n_latents=16)
     with pytest.raises(ValueError, match="pre_encoder_bias"):
         build("topk", d_in=8, n_latents=16, k=2, d_out=4)
+
+
+def test_atomic_dir_is_whole_or_absent_and_keeps_the_first_finisher(tmp_path) -> None:
+    from sparselens.core.atomic import atomic_dir
+
+    def broken(folder):
+        (folder / "half").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        atomic_dir(tmp_path / "m", broken)
+    assert list(tmp_path.iterdir()) == []
+    atomic_dir(tmp_path / "m", lambda f: (f / "a").write_text("first"))
+    atomic_dir(tmp_path / "m", lambda f: (f / "a").write_text("second"))
+    assert (tmp_path / "m" / "a").read_text() == "first" and (tmp_path / "m" / "COMPLETE").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]

