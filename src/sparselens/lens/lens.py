@@ -205,25 +205,11 @@ class Lens:
         site read. Active edits (an enclosing `edit`) apply on the way."""
         tokens = self.tokenize(inputs)
         chosen = self._select(names)
-        seen: dict[str, Tensor] = {}
-
-        def grab(att: Attached) -> Action:
-            def run(x: Tensor, act: Tensor, frame: Frame) -> None:
-                seen[att.name] = x.detach()
-                if len(seen) == len(chosen):
-                    raise StopForward
-
-            return Action(att.read, att.read, run)
-
-        with self._dispatch.activate([grab(a) for a in chosen]), \
-                contextlib.suppress(StopForward):
-            self._run(tokens)
-        keep = ~tokens.special
-        codes = {}
-        for att in chosen:
-            dense = att.codes(seen[att.name]) * keep.unsqueeze(-1)
-            codes[att.name] = SparseCodes.from_dense(dense)
-        return Encoding(tokens, codes, {a.name: seen[a.name] for a in chosen})
+        seen = self.capture(tokens, list(dict.fromkeys(str(a.read) for a in chosen)))
+        read = {a.name: seen[str(a.read)] for a in chosen}
+        keep = ~tokens.special.unsqueeze(-1)
+        codes = {a.name: SparseCodes.from_dense(a.codes(read[a.name]) * keep) for a in chosen}
+        return Encoding(tokens, codes, read)
 
     @torch.no_grad()
     def mean_codes(self, inputs: Inputs | Tokens, names: Sequence[str] | str | None = None
