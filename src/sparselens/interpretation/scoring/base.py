@@ -24,6 +24,11 @@ class HeldOutData:
     intruders: list[Context] = field(default_factory=list)
     """Activating test contexts of other latents (for intruder detection)."""
 
+    def labelled(self) -> tuple[list[Context], list[int]]:
+        """Activating then quiet contexts, with labels 1 and 0 (what the binary scorers rank)."""
+        return (self.activating + self.quiet,
+                [1] * len(self.activating) + [0] * len(self.quiet))
+
 
 @dataclass
 class Score:

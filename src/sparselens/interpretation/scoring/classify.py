@@ -67,8 +67,7 @@ class DetectionScorer:
     chance = 0.5
 
     def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
-        contexts = data.activating + data.quiet
-        labels = [1] * len(data.activating) + [0] * len(data.quiet)
+        contexts, labels = data.labelled()
         requests = [_request(DETECTION_SYSTEM, explanation or "", c.text,
                              QUESTION["detection"]) for c in contexts]
         return _judge(requests, labels, llm)

@@ -16,8 +16,7 @@ class EmbeddingScorer:
     chance = 0.5
 
     def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
-        contexts = data.activating + data.quiet
-        labels = [1] * len(data.activating) + [0] * len(data.quiet)
+        contexts, labels = data.labelled()
         if not contexts:
             return Score(None, {"n": 0})
         vectors = embed([explanation or ""] + [c.text for c in contexts])

@@ -46,8 +46,7 @@ class SurprisalScorer:
         return self._model
 
     def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
-        contexts = data.activating + data.quiet
-        labels = [1] * len(data.activating) + [0] * len(data.quiet)
+        contexts, labels = data.labelled()
         if not contexts:
             return Score(None, {"n": 0})
         texts = [c.text for c in contexts]
