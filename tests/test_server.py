@@ -425,14 +425,15 @@ def test_index_built_from_tokens_the_store_carries(run, tmp_path):
         assert open_stores([run.folders[0]], examples=[tmp_path])[0].index is None
 
 
-def test_display_texts_match_token_text_rules(run):
-    from sparselens.interpretation.token_text import token_texts
-    from sparselens.server.token_display import display_texts, is_byte_level
+def test_the_fast_byte_level_check_agrees_with_the_full_serialisation(run):
+    """`token_text` reads byte-level from the decoder's state (microseconds) instead of
+    serialising the whole tokenizer (seconds on gemma): both must say the same."""
+    from sparselens.interpretation import token_text
 
     tokenizer = run.model.tokenizer
-    assert is_byte_level(tokenizer)
-    ids = list(range(300)) if len(tokenizer) >= 300 else list(range(len(tokenizer)))
-    assert display_texts(tokenizer, ids) == token_texts(tokenizer, ids)
+    assert token_text._byte_level_from_decoder(tokenizer) is True
+    assert token_text._byte_level_from_json(tokenizer) is True
+    assert token_text.is_byte_level(tokenizer)
 
 
 def test_example_stores_are_looked_up_only_where_the_pipeline_writes_them(tmp_path):

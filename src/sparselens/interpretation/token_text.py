@@ -44,10 +44,26 @@ def is_byte_level(tokenizer: object) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _is_byte_level(tokenizer: object) -> bool:
-    """Cached per tokenizer: the check serialises the whole tokenizer to JSON (seconds for a
-    262k vocabulary), and pages call `token_texts` once per context."""
+    """Cached per tokenizer, and read from the decoder's own state (a few hundred bytes) when
+    it exposes it: serialising the whole tokenizer takes seconds for a 262k vocabulary."""
     if hasattr(tokenizer, "byte_decoder"):
         return True
+    from_decoder = _byte_level_from_decoder(tokenizer)
+    return _byte_level_from_json(tokenizer) if from_decoder is None else from_decoder
+
+
+def _byte_level_from_decoder(tokenizer: object) -> bool | None:
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    state = getattr(decoder, "__getstate__", None)
+    if state is None:
+        return None
+    try:
+        return '"ByteLevel"' in json.dumps(json.loads(state()))
+    except (TypeError, ValueError):
+        return None
+
+
+def _byte_level_from_json(tokenizer: object) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return False
@@ -78,8 +94,10 @@ def piece_text(piece: str, byte_level: bool) -> str:
     return piece.replace("▁", " ")
 
 
-def token_texts(tokenizer: object, ids: Sequence[int]) -> list[str]:
-    """Display text of each token id, via the tokenizer's vocabulary pieces.
+def token_texts(tokenizer: object, ids: Sequence[int], byte_level: bool | None = None
+                ) -> list[str]:
+    """Display text of each token id, via the tokenizer's vocabulary pieces (`byte_level`:
+    the tokenizer's `is_byte_level`, found when not given).
 
     Tokenizers without ``convert_ids_to_tokens`` fall back to decoding each id alone.
     """
@@ -87,7 +105,7 @@ def token_texts(tokenizer: object, ids: Sequence[int]) -> list[str]:
     to_pieces = getattr(tokenizer, "convert_ids_to_tokens", None)
     if to_pieces is None:
         return [tokenizer.decode([i]) for i in ids]  # type: ignore[attr-defined]
-    byte_level = _is_byte_level(tokenizer)
+    byte_level = _is_byte_level(tokenizer) if byte_level is None else byte_level
     pieces = to_pieces(ids)
     return [f"<{i}>" if piece is None else piece_text(piece, byte_level)
             for i, piece in zip(ids, pieces)]

@@ -30,9 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sparselens.interpretation.token_text import special_ids
+from sparselens.interpretation.token_text import special_ids, token_texts
 from sparselens.io.atomic import atomic_write_bytes
-from sparselens.server.token_display import display_texts
 
 INDEX_FILE = "viewer_index.safetensors"
 INDEX_VERSION = 1
@@ -91,7 +90,7 @@ def build_index(examples_file: Path, tokens: Tensor, tokenizer: object,
                          "were collected from")
     rows = tokens[used].to(torch.int32).contiguous()
     vocab_ids = torch.unique(rows.long())
-    offsets, data = _vocab_tables(display_texts(tokenizer, vocab_ids.tolist()))
+    offsets, data = _vocab_tables(token_texts(tokenizer, vocab_ids.tolist()))
     ptr, latents, weight = _token_latent_csr(top_seq, top_pos, used, rows, vocab_ids)
     specials = torch.tensor(sorted(special_ids(tokenizer)), dtype=torch.long)
     tensors = {"seq_ids": used.long(), "tokens": rows, "vocab_ids": vocab_ids,

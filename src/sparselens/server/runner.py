@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
+from sparselens.interpretation.token_text import is_byte_level, token_texts
 from sparselens.lens import AddLatent, Lens
 from sparselens.models.source import LoadedModel
 from sparselens.server.store import DictionaryStore
-from sparselens.server.token_display import display_texts, is_byte_level
 
 
 class Unavailable(Exception):
@@ -55,7 +55,7 @@ class ModelRunner:
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         if self._byte_level is None:
             self._byte_level = is_byte_level(self.loaded.tokenizer)
-        return display_texts(self.loaded.tokenizer, ids, self._byte_level)
+        return token_texts(self.loaded.tokenizer, ids, self._byte_level)
 
     def _get_lens(self) -> Lens:
         if self._lens is None:
