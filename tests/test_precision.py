@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sparselens.core import hardware
 from sparselens.training import LogConfig, Trainer, precision
 from sparselens.training.precision import fast_bfloat16, resolve_autocast
 from test_trainer import config, synthetic_data
@@ -19,7 +20,7 @@ CPU = torch.device("cpu")
     ({"fpu", "avx2", "avx512f"}, None),
 ])
 def test_cpu_detection_reads_the_cpu_flags(monkeypatch, flags, expected) -> None:
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert fast_bfloat16(CPU) == expected
 

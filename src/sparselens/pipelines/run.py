@@ -38,8 +38,10 @@ class RunConfig:
     """Tokens to harvest into the cache (5% of sequences are held out for evaluation)."""
     context_len: int = 128
     """Tokens per sequence."""
-    model_dtype: str = "bfloat16"
-    """Dtype the model runs in while harvesting (bfloat16 is about 2x faster on AVX-512 CPUs)."""
+    model_dtype: str = "auto"
+    """Dtype the model runs in while harvesting. auto: bfloat16 where the hardware has native
+    bf16 GEMMs (AMX, AVX-512-BF16, recent GPUs: about 2x faster), else float32 (bf16 is
+    emulated there and many times slower)."""
     architecture: str = "topk"
     """Dictionary variant by registry name (topk, batchtopk, jumprelu, matryoshka, ...)."""
     n_latents: int = 8192

@@ -13,45 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-from pathlib import Path
 
 import torch
 
+from sparselens.core.hardware import fast_bfloat16
 from sparselens.training.config import TrainConfig
 
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-"""/proc/cpuinfo flags of x86 CPUs with native bfloat16 dot products."""
-
-
-def fast_bfloat16(device: torch.device) -> str | None:
-    """Why `device` runs bfloat16 GEMMs natively (a short reason), or None if it does not."""
-    if device.type == "cuda":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
-            return f"{torch.cuda.get_device_name(device)} supports bfloat16"
-        return None
-    if device.type == "cpu":
-        flags = _cpu_flags()
-        found = [flag for flag in CPU_BF16_FLAGS if flag in flags]
-        if found:
-            return f"this CPU has {' and '.join(found)}"
-        if "AMX" in torch.backends.cpu.get_cpu_capability().upper():
-            return "this CPU has AMX"
-    return None
-
-
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of the first processor in /proc/cpuinfo (empty off Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+__all__ = ["as_trained", "autocast_context", "fast_bfloat16", "resolve_autocast"]
 
 
 def resolve_autocast(autocast: str, device: torch.device) -> tuple[str, str | None]:

@@ -29,9 +29,10 @@ class Config:
     """Stop after storing this many tokens; unset to read the whole corpus."""
     batch_size: int = 16
     """Sequences per forward pass."""
-    model_dtype: str = "float32"
-    """Dtype to run the model in: float32 or bfloat16 (about 2x faster on CPUs with AVX-512
-    BF16; cosine to float32 activations above 0.999)."""
+    model_dtype: str = "auto"
+    """Dtype to run the model in: float32, bfloat16 (about 2x faster on CPUs with AMX or
+    AVX-512 BF16; cosine to float32 activations above 0.999), or auto: bfloat16 where the
+    hardware has native bf16 GEMMs, else float32 (emulated bf16 is many times slower)."""
     storage_dtype: str = "bfloat16"
     """Dtype of stored activations: bfloat16, float16 or float32."""
     shard_tokens: int = 65536
