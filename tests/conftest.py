@@ -118,8 +118,8 @@ def tiny_llama_b() -> LoadedModel:
 @pytest.fixture(autouse=True)
 def float32_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     """`autocast="auto"` (the trainer's default) and ``model_dtype="auto"`` pick bf16 on
-    AMX/AVX-512-BF16 CPUs and float32 elsewhere; tests see float32 on every machine unless they ask for bf16, so their
-    results do not depend on the CPU they run on."""
+    AMX/AVX-512-BF16 CPUs and float32 elsewhere; tests see float32 on every machine unless they
+    ask for bf16, so their results do not depend on the CPU they run on."""
     monkeypatch.setattr("sparselens.training.precision.fast_bfloat16", lambda device: None)
     monkeypatch.setattr("sparselens.core.hardware.fast_bfloat16", lambda device: None)
 
