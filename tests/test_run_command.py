@@ -42,3 +42,18 @@ def test_a_bad_autocast_dtype_stops_before_harvesting(tmp_path) -> None:
     with pytest.raises(ValueError, match="autocast must be one of .*'float64'"):
         run.run(run.Config(out=str(tmp_path / "out"), autocast="float64"))
     assert not (tmp_path / "out").exists()
+
+
+def test_next_steps_are_commands_the_cli_accepts(tmp_path, capsys) -> None:
+    import shlex
+
+    from sparselens.cli.main import make_parser
+
+    run._next_steps(tmp_path / "sae", tmp_path / "cache")
+    commands = [line.strip() for line in capsys.readouterr().out.splitlines()
+                if line.strip().startswith("sparselens ")]
+    assert len(commands) == 4
+    parser, _ = make_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # exits (fails) on a bad option
+        assert args.command in command

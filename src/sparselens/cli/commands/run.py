@@ -29,6 +29,7 @@ def run(cfg: Config) -> int:
 
     result = run_pipeline(cfg, on_stage=_stage)
     _summary(result.dictionary / "eval.json", result.report.parent)
+    _next_steps(result.dictionary, result.cache)
     return 0
 
 
@@ -44,3 +45,17 @@ def _summary(eval_path: Path, report: Path) -> None:
     print(f"\n{line}\nreport: {(report / 'index.html').resolve()}")
     for warning in record["reconstruction"].get("warnings", []):
         print(f"WARNING: {warning}", file=sys.stderr)
+
+
+def _next_steps(dictionary: Path, cache: Path) -> None:
+    """What the newcomer can do with the dictionary just made, each one command."""
+    print("\nnext, with this dictionary:")
+    for command, what in (
+            (f"sparselens serve {dictionary} --cache {cache}",
+             "browse its features (http://127.0.0.1:8000)"),
+            (f"sparselens bench {dictionary} --cache {cache}", "the evaluation suite"),
+            (f"sparselens explain {dictionary} --cache {cache} --latents 0:20",
+             "explain latents with a local LLM"),
+            (f"sparselens steer {dictionary} --concept-words rain weather --coef 400",
+             "steer the model with the latent closest to a concept")):
+        print(f"  {command}\n      {what}")
