@@ -124,6 +124,8 @@ def _capture(lens: Lens, hookpoints: Sequence[str], spans: list[TokenSpans],
              picks: list[list[np.ndarray]], batch_size: int) -> dict[str, Tensor]:
     """Activations at `hookpoints` pooled over each document's picked token positions."""
     out: dict[str, list[Tensor]] = {hp: [] for hp in hookpoints}
+    if not hookpoints:
+        return {}
     for start in range(0, len(spans), batch_size):
         chunk = range(start, min(start + batch_size, len(spans)))
         tokens = _grid(lens.tokenizer, [spans[i].ids for i in chunk], lens.device)
@@ -131,9 +133,12 @@ def _capture(lens: Lens, hookpoints: Sequence[str], spans: list[TokenSpans],
         for hp in hookpoints:
             acts = seen[hp].float().cpu()
             for slot, doc in enumerate(chunk):
-                rows = [acts[slot, torch.as_tensor(p)].mean(0) for p in picks[doc]]
-                if rows:
-                    out[hp].append(torch.stack(rows))
+                sizes = torch.tensor([p.size for p in picks[doc]])
+                flat = torch.as_tensor(np.concatenate(picks[doc]))
+                segment = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+                pooled = torch.zeros(sizes.numel(), acts.shape[-1]).index_add_(
+                    0, segment, acts[slot, flat])
+                out[hp].append(pooled / sizes.unsqueeze(1))
     return {hp: torch.cat(parts) for hp, parts in out.items()}
 
 

@@ -12,14 +12,16 @@ positions share about ``n_a n_b / N`` labels, so each Jaccard comes with the mea
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from sparselens.comparison.alignment import AlignedActivations
+from sparselens.comparison.alignment import AlignedActivations, aligned_activations
 from sparselens.comparison.itda import ITDADictionary, build_itda
+from sparselens.lens import Lens
 
 
 @dataclass
@@ -119,3 +121,18 @@ def compare_itda(aligned: AlignedActivations, options: ITDAOptions | None = None
             mean[i, j] = mean[j, i] = m
             std[i, j] = std[j, i] = s
     return ITDAResult(names, dictionaries, seconds, aligned.n, jac, mean, std)
+
+
+def run_itda(lens_a: Lens, hookpoints_a: Sequence[str], lens_b: Lens,
+             hookpoints_b: Sequence[str], texts: Sequence[str], n_tokens: int = 4096,
+             max_tokens: int = 128, pool: str = "last", options: ITDAOptions | None = None
+             ) -> tuple[ITDAResult, AlignedActivations]:
+    """Align two models (or one with itself: ``lens_b is lens_a``) over `texts`, then
+    `compare_itda` at every hookpoint of both."""
+    if lens_b is lens_a:
+        # One model: its sites all live on side A; side B reads nothing new.
+        hookpoints_a = list(dict.fromkeys([*hookpoints_a, *hookpoints_b]))
+        hookpoints_b = []
+    aligned = aligned_activations(lens_a, hookpoints_a, lens_b, hookpoints_b, texts,
+                                  max_tokens=max_tokens, pool=pool, max_positions=n_tokens)
+    return compare_itda(aligned, options), aligned
