@@ -128,9 +128,7 @@ def main() -> None:
                    "max_tokens": args.max_tokens, "k": args.k, "threshold": args.threshold,
                    "load_s": load_s, "align_s": align_s, "itda_vs_sae": timing,
                    "loadavg": os.getloadavg(), "threads": 2,
-                   "command": "python benchmarks/itda_models.py " + " ".join(
-                       f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                       for k, v in vars(args).items())})
+                   "args": vars(args)})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "itda_models.json").write_text(json.dumps(record, indent=2) + "\n")
 

@@ -146,3 +146,59 @@ def test_bad_input_is_said_plainly(lenses) -> None:
 
     with pytest.raises(ValueError, match="needs fast tokenizers"):
         token_spans(Slow(), "text")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, lenses):
+    """Both tiny models and a dictionary of each saved to disk, for the CLI."""
+    from sparselens.io.native import save_dictionary
+
+    root = tmp_path_factory.mktemp("aligned")
+    for name, lens in zip(("bytes", "merged"), lenses):
+        lens.model.save_pretrained(root / name)
+        lens.tokenizer.save_pretrained(root / name)
+    torch.manual_seed(0)
+    save_dictionary(build("topk", d_in=32, n_latents=16, k=3, hookpoint="resid.2",
+                          model=str(root / "bytes")), root / "sae_a")
+    save_dictionary(build("topk", d_in=24, n_latents=16, k=3, hookpoint="resid.1",
+                          model=str(root / "merged")), root / "sae_b")
+    (root / "texts").mkdir()
+    for i, text in enumerate(TEXTS):
+        (root / "texts" / f"{i}.txt").write_text(text)
+    return root
+
+
+def test_compare_cli_with_texts_pairs_models_by_spans(saved, tmp_path, capsys) -> None:
+    import json
+
+    from sparselens.cli.main import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", str(saved / "sae_a"), str(saved / "sae_b"), "--texts",
+                 str(saved / "texts"), "--out", str(out), "--options.n-permutations", "3",
+                 "--options.lan-max-token-share", "0.9"]) == 0
+    record = json.loads((out / "compare.json").read_text())
+    assert record["shared_split"] == "aligned" and record["shared_tokens"] > 20
+    assert record["activation_matching"]["n_matched"] == 16
+    filt = record["pair_filter"]
+    assert filt["n_kept"] + filt["n_low_correlation"] + filt["n_token_filtered"] == 16
+    assert "aligned positions" in capsys.readouterr().out
+
+
+def test_itda_cli_two_models(saved, tmp_path, capsys) -> None:
+    import json
+
+    from sparselens.cli.main import main
+
+    out = tmp_path / "itda.json"
+    assert main(["itda", "--model-a", str(saved / "bytes"), "--hookpoints-a", "resid.1",
+                 "resid.3", "--model-b", str(saved / "merged"), "--hookpoints-b", "resid.2",
+                 "--texts", str(saved / "texts"), "--n-tokens", "200", "--options.k", "4",
+                 "--options.threshold", "0.2", "--options.n-random", "10",
+                 "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["sites"] == ["A:resid.1", "A:resid.3", "B:resid.2"]
+    assert len(record["pairs"]) == 3 and record["models"]["B"] == str(saved / "merged")
+    assert main(["itda", "--model-a", str(saved / "bytes"), "--model-b", str(saved / "merged"),
+                 "--texts", str(saved / "texts")]) != 0
+    assert "--model-b needs --hookpoints-b" in capsys.readouterr().err

@@ -100,6 +100,7 @@ class Comparison:
                 "decoder_note": self.decoder_note,
                 "activation_matching": self.activation.summary() if self.activation else None,
                 "shared_tokens": self.shared.codes_a.shape[0] if self.shared else 0,
+                "shared_split": self.shared.split if self.shared else None,
                 "universality": self.universality.summary() if self.universality else None,
                 "pair_filter": self.pair_filter.to_dict() if self.pair_filter else None,
                 "splits": [s.to_dict() for s in self.splits],
