@@ -103,8 +103,18 @@ class Comparison:
                 "shared_split": self.shared.split if self.shared else None,
                 "universality": self.universality.summary() if self.universality else None,
                 "pair_filter": self.pair_filter.to_dict() if self.pair_filter else None,
+                "pairs": {key: _pairs(m) for key, m in (("decoder", self.decoder),
+                                                        ("activation", self.activation))
+                          if m is not None},
                 "splits": [s.to_dict() for s in self.splits],
                 "novel": self.novel}
+
+
+def _pairs(matching: Matching) -> dict[str, list]:
+    """The matched pairs, most similar first (the viewer lists them with links)."""
+    order = np.argsort(-matching.similarity, kind="stable")
+    return {"a": matching.rows[order].tolist(), "b": matching.cols[order].tolist(),
+            "similarity": np.round(matching.similarity[order], 5).tolist()}
 
 
 def shared_codes(a: Dictionary, b: Dictionary, cache: Any, hookpoint_a: str, hookpoint_b: str,
