@@ -202,3 +202,31 @@ def test_itda_cli_two_models(saved, tmp_path, capsys) -> None:
     assert main(["itda", "--model-a", str(saved / "bytes"), "--model-b", str(saved / "merged"),
                  "--texts", str(saved / "texts")]) != 0
     assert "--model-b needs --hookpoints-b" in capsys.readouterr().err
+
+
+def test_lan_filter_drops_token_detectors_and_low_correlation() -> None:
+    from scipy.sparse import csr_matrix
+
+    from sparselens.comparison.lan_filter import filter_pairs, is_semantic, token_profile
+
+    assert is_semantic(" cat") and is_semantic("42") and not is_semantic(" ,\n")
+    # rows are tokens 5,5,5,6,7,8 (token 8 is punctuation); latent 0 fires only on token 5
+    # (a token detector), latent 1 on varied words, latent 2 mostly on punctuation
+    tokens = np.array([5, 5, 5, 6, 7, 8, 8, 8])
+    semantic = tokens != 8
+    dense = np.zeros((8, 3))
+    dense[[0, 1, 2], 0] = [3, 2, 1]
+    dense[[2, 3, 4], 1] = [1, 2, 3]
+    dense[[5, 6, 7, 3], 2] = [3, 3, 3, 1]
+    profile = token_profile(csr_matrix(dense), tokens, semantic, top=4)
+    assert profile.top_token_share.tolist() == [1.0, 1 / 3, 0.75]
+    assert profile.nonsemantic_share.tolist() == [0.0, 0.0, 0.75]
+    keep = profile.keep(0.6)
+    assert keep.tolist() == [False, True, False]
+    mask, counts = filter_pairs(np.array([0, 1, 2]), np.array([1, 1, 1]),
+                                np.array([0.9, 0.9, 0.1]), 0.3, keep, np.ones(3, bool))
+    assert mask.tolist() == [False, True, False]
+    assert counts.to_dict() == {"n_matched": 3, "n_low_correlation": 1, "n_token_filtered": 1,
+                                "n_kept": 1}
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        CompareOptions(lan_max_token_share=1.5)

@@ -61,6 +61,10 @@ class CompareOptions:
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_tokens < 2 or self.n_permutations < 0 or self.n_listed < 0:
             raise ValueError("k must be >= 1, n_tokens >= 2, n_permutations and n_listed >= 0")
+        if self.lan_max_token_share is not None and not 0 < self.lan_max_token_share <= 1:
+            raise ValueError("lan_max_token_share is a share of top activations, in (0, 1]")
+        if self.lan_top < 1:
+            raise ValueError("lan_top must be at least 1")
 
 
 @dataclass
