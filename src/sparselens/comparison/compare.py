@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sparselens.comparison.correlation import match_activations
+from sparselens.comparison.lan_filter import PairFilter, filter_pairs, token_profile
 from sparselens.comparison.splitting import SplitFit, feature_splits
 from sparselens.comparison.universality import SpaceSimilarity, paired_space_similarity
 from sparselens.dictionaries.base import Dictionary
@@ -50,10 +51,20 @@ class CompareOptions:
     """Shared tokens read from the cache for activation statistics."""
     n_listed: int = 30
     """Novel latents and splits listed per dictionary on the page (all are in the JSON)."""
+    lan_max_token_share: float | None = None
+    """Lan et al.'s concept filter before SVCCA/CKA: drop a pair when either latent has more
+    than this share of its top activations on one token, or on non-semantic tokens
+    (whitespace, punctuation, specials); None: off. Needs the shared tokens' ids."""
+    lan_top: int = 20
+    """Top activations per latent that the concept filter reads."""
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_tokens < 2 or self.n_permutations < 0 or self.n_listed < 0:
             raise ValueError("k must be >= 1, n_tokens >= 2, n_permutations and n_listed >= 0")
+        if self.lan_max_token_share is not None and not 0 < self.lan_max_token_share <= 1:
+            raise ValueError("lan_max_token_share is a share of top activations, in (0, 1]")
+        if self.lan_top < 1:
+            raise ValueError("lan_top must be at least 1")
 
 
 @dataclass
@@ -65,6 +76,11 @@ class SharedTokens:
     examples_a: FeatureExamples
     examples_b: FeatureExamples
     split: str
+    token_ids: tuple[Any, Any] | None = None
+    """Per side, ``(N,)`` token id of each shared row (aligned models: each model's token
+    ending there); None when unknown."""
+    semantic: tuple[Any, Any] | None = None
+    """Per side, ``(N,)`` bool: does that token's text carry meaning (`lan_filter`)."""
 
 
 @dataclass
@@ -78,6 +94,7 @@ class Comparison:
     splits: list[SplitFit]
     novel: dict[str, list[int]]
     shared: SharedTokens | None = field(default=None, repr=False)
+    pair_filter: PairFilter | None = None
 
     def record(self) -> dict[str, Any]:
         return {"schema": "sparselens.compare", "schema_version": 1,
@@ -87,9 +104,21 @@ class Comparison:
                 "decoder_note": self.decoder_note,
                 "activation_matching": self.activation.summary() if self.activation else None,
                 "shared_tokens": self.shared.codes_a.shape[0] if self.shared else 0,
+                "shared_split": self.shared.split if self.shared else None,
                 "universality": self.universality.summary() if self.universality else None,
+                "pair_filter": self.pair_filter.to_dict() if self.pair_filter else None,
+                "pairs": {key: _pairs(m) for key, m in (("decoder", self.decoder),
+                                                        ("activation", self.activation))
+                          if m is not None},
                 "splits": [s.to_dict() for s in self.splits],
                 "novel": self.novel}
+
+
+def _pairs(matching: Matching) -> dict[str, list]:
+    """The matched pairs, most similar first (the viewer lists them with links)."""
+    order = np.argsort(-matching.similarity, kind="stable")
+    return {"a": matching.rows[order].tolist(), "b": matching.cols[order].tolist(),
+            "similarity": np.round(matching.similarity[order], 5).tolist()}
 
 
 def shared_codes(a: Dictionary, b: Dictionary, cache: Any, hookpoint_a: str, hookpoint_b: str,
@@ -103,7 +132,7 @@ def shared_codes(a: Dictionary, b: Dictionary, cache: Any, hookpoint_a: str, hoo
 
     names = [cache.resolve(hookpoint_a), cache.resolve(hookpoint_b)]
     split = "heldout" if cache.n_rows("heldout") >= min(n_tokens, 10_000) else "all"
-    parts: dict[str, list] = {"a": [], "b": []}
+    parts: dict[str, list] = {"a": [], "b": [], "tokens": []}
     collectors = {"a": ExampleCollector(a.cfg.n_latents), "b": ExampleCollector(b.cfg.n_latents)}
     seen = 0
     with torch.no_grad(), a.evaluating(), b.evaluating():
@@ -114,13 +143,15 @@ def shared_codes(a: Dictionary, b: Dictionary, cache: Any, hookpoint_a: str, hoo
                 codes = dictionary.encode(batch_input(batch, name, dictionary))[:take]
                 collectors[key].update(codes, batch.seq_ids[:take], batch.positions[:take])
                 parts[key].append(codes_matrix(codes))
+            parts["tokens"].append(batch.token_ids[:take].numpy())
             seen += take
             if seen >= n_tokens:
                 break
     hookpoint = {"a": names[0], "b": names[1]}
+    ids = np.concatenate(parts["tokens"])
     return SharedTokens(vstack(parts["a"]).tocsr(), vstack(parts["b"]).tocsr(),
                         collectors["a"].result(hookpoint["a"]),
-                        collectors["b"].result(hookpoint["b"]), split)
+                        collectors["b"].result(hookpoint["b"]), split, (ids, ids))
 
 
 def _novel(decoder: Matching | None, activation: Matching | None, shared: SharedTokens | None,
@@ -146,9 +177,14 @@ def _novel(decoder: Matching | None, activation: Matching | None, shared: Shared
 
 def compare_dictionaries(a: Dictionary, b: Dictionary, names: tuple[str, str] = ("A", "B"),
                          cache: Any = None, hookpoints: tuple[str, str] | None = None,
-                         options: CompareOptions | None = None) -> Comparison:
+                         options: CompareOptions | None = None,
+                         shared: SharedTokens | None = None,
+                         tokenizer: Any = None) -> Comparison:
     """Compare two dictionaries; `cache` (an ActivationCache) adds everything that needs
-    shared tokens, read at `hookpoints` (default: each dictionary's recorded hookpoint)."""
+    shared tokens, read at `hookpoints` (default: each dictionary's recorded hookpoint).
+    Instead of a cache, `shared` gives codes already computed on shared tokens (two models
+    with different tokenizers: `alignment.aligned_shared_codes`). `tokenizer` (the cache's)
+    tells semantic tokens for the Lan et al. filter."""
     options = options or CompareOptions()
     w_a, w_b = a.W_dec.detach().float().cpu(), b.W_dec.detach().float().cpu()
     decoder, note = None, None
@@ -167,20 +203,46 @@ def compare_dictionaries(a: Dictionary, b: Dictionary, names: tuple[str, str] = 
         splits = feature_splits(small, large, min_cosine=options.split_min_cosine,
                                 min_gain=options.split_min_gain,
                                 max_children=options.max_children)
-    shared = activation = universality = None
+    activation = universality = pair_filter = None
+    if cache is not None and shared is not None:
+        raise ValueError("give shared tokens either as a cache or as precomputed codes")
     if cache is not None:
         hp = hookpoints or (a.cfg.hookpoint, b.cfg.hookpoint)
         if hp[0] is None or hp[1] is None:
             raise ValueError("a dictionary does not record its hookpoint; name the cache "
                              "hookpoints to read (--hookpoint-a / --hookpoint-b)")
         shared = shared_codes(a, b, cache, hp[0], hp[1], options.n_tokens)
+        if tokenizer is not None and shared.token_ids is not None:
+            from sparselens.comparison.lan_filter import semantic_rows
+
+            rows = semantic_rows(tokenizer, shared.token_ids[0])
+            shared.semantic = (rows, rows)
+    if shared is not None:
         activation = match_activations(shared.codes_a, shared.codes_b, k=options.k,
                                        exact_limit=options.exact_limit)
-        keep = activation.similarity >= options.min_correlation
+        keep, pair_filter = _lan_filter(activation, shared, options)
         if keep.sum() >= 3:
             universality = paired_space_similarity(w_a, w_b, activation.rows[keep],
                                                    activation.cols[keep],
                                                    n_permutations=options.n_permutations)
     novel = _novel(decoder, activation, shared, options.novel_threshold)
     return Comparison(names, (a.cfg.n_latents, b.cfg.n_latents), decoder, note, activation,
-                      universality, splits, novel, shared)
+                      universality, splits, novel, shared, pair_filter)
+
+
+def _lan_filter(activation: Matching, shared: SharedTokens, options: CompareOptions
+                ) -> tuple[np.ndarray, PairFilter]:
+    """Pairs kept for SVCCA/CKA: correlation at least the minimum and, with the concept
+    filter on, neither latent a token detector or non-semantic (Lan et al.)."""
+    keep_a = keep_b = None
+    if options.lan_max_token_share is not None:
+        if shared.token_ids is None or shared.semantic is None:
+            raise ValueError("the Lan et al. concept filter needs the shared tokens' ids and a "
+                             "tokenizer (give --tokenizer, or leave --options.lan-max-token-share "
+                             "unset)")
+        profiles = [token_profile(codes, ids, sem, options.lan_top).keep(
+            options.lan_max_token_share) for codes, ids, sem in
+            zip((shared.codes_a, shared.codes_b), shared.token_ids, shared.semantic)]
+        keep_a, keep_b = profiles
+    return filter_pairs(activation.rows, activation.cols, activation.similarity,
+                        options.min_correlation, keep_a, keep_b)

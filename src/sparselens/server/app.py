@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sparselens.server import limits as checks
+from sparselens.server.comparisons import ServedComparison
 from sparselens.server.feature import feature_payload
 from sparselens.server.graphs import ServedGraph
 from sparselens.server.latents import SORTS, latent_list
@@ -37,6 +38,7 @@ from sparselens.server.store import DictionaryStore
 
 ASSETS = {"viewer.js": "text/javascript; charset=utf-8",
           "graph.js": "text/javascript; charset=utf-8",
+          "compare.js": "text/javascript; charset=utf-8",
           "viewer.css": "text/css; charset=utf-8"}
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 
@@ -49,12 +51,14 @@ class Viewer:
     """Route handlers over the served stores (one instance per app)."""
 
     def __init__(self, stores: Sequence[DictionaryStore], runner: ModelRunner | None,
-                 limits: Limits, graphs: Sequence[ServedGraph] = ()) -> None:
+                 limits: Limits, graphs: Sequence[ServedGraph] = (),
+                 comparisons: Sequence[ServedComparison] = ()) -> None:
         names = [s.name for s in stores]
         if len(set(names)) != len(names):
             raise ValueError(f"two served dictionaries share a name: {names}")
         self.stores = {s.name: s for s in stores}
         self.graphs = {g.name: g for g in graphs}
+        self.comparisons = {c.name: c for c in comparisons}
         self.runner = runner
         self.limits = limits
 
@@ -88,6 +92,7 @@ class Viewer:
         return JSONResponse({"dictionaries": [s.describe() for s in self.stores.values()],
                              "model": self.runner.name if self.runner else None,
                              "graphs": list(self.graphs),
+                             "comparisons": list(self.comparisons),
                              "limits": vars(self.limits)})
 
     async def overview(self, request: Request) -> Response:
@@ -134,6 +139,15 @@ class Viewer:
         if name not in self.graphs:
             raise HTTPException(404, f"no served graph is called {name!r}")
         return JSONResponse(self.graphs[name].data)
+
+    async def comparison_list(self, request: Request) -> Response:
+        return JSONResponse({"comparisons": [c.describe() for c in self.comparisons.values()]})
+
+    async def comparison(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in self.comparisons:
+            raise HTTPException(404, f"no served comparison is called {name!r}")
+        return JSONResponse(self.comparisons[name].payload(list(self.stores.values())))
 
     async def search(self, request: Request) -> Response:
         query = request.query_params.get("q", "")
@@ -207,12 +221,13 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 def create_app(stores: Sequence[DictionaryStore], runner: ModelRunner | None = None,
                limits: Limits | None = None, allowed_hosts: Sequence[str] | None = None,
-               graphs: Sequence[ServedGraph] = ()) -> Starlette:
+               graphs: Sequence[ServedGraph] = (),
+               comparisons: Sequence[ServedComparison] = ()) -> Starlette:
     """The viewer app. `allowed_hosts` are the Host headers accepted (default: loopback names
     only, which also stops DNS-rebinding pages from reading the API); `graphs` are the
     attribution graphs to serve (`graphs.load_graphs`)."""
     limits = limits or Limits()
-    viewer = Viewer(stores, runner, limits, graphs)
+    viewer = Viewer(stores, runner, limits, graphs, comparisons)
     routes = [
         Route("/", viewer.page),
         Route("/assets/{name}", viewer.asset),
@@ -221,6 +236,8 @@ def create_app(stores: Sequence[DictionaryStore], runner: ModelRunner | None = N
         Route("/api/search", viewer.search),
         Route("/api/graphs", viewer.graph_list),
         Route("/api/graphs/{name}", viewer.graph),
+        Route("/api/comparisons", viewer.comparison_list),
+        Route("/api/comparisons/{name}", viewer.comparison),
         Route("/api/d/{name}/latents", viewer.latents),
         Route("/api/d/{name}/feature/{latent:int}", viewer.feature),
         Route("/api/d/{name}/feature/{latent:int}/similar", viewer.similar),

@@ -14,6 +14,7 @@ from typing import Any
 
 from sparselens.server import files
 from sparselens.server.app import LOOPBACK_HOSTS, create_app
+from sparselens.server.comparisons import ServedComparison
 from sparselens.server.graphs import ServedGraph
 from sparselens.server.index import ViewerIndex, build_index, tokenizer_for
 from sparselens.server.limits import Limits
@@ -96,13 +97,15 @@ def is_loopback(host: str) -> bool:
 
 
 def build_app(stores: Sequence[DictionaryStore], model: Any = None, host: str = "127.0.0.1",
-              limits: Limits | None = None, graphs: Sequence[ServedGraph] = ()) -> Any:
+              limits: Limits | None = None, graphs: Sequence[ServedGraph] = (),
+              comparisons: Sequence[ServedComparison] = ()) -> Any:
     """The app for `stores`, with `model` (a LoadedModel) behind the playgrounds if given and
     `graphs` (from `load_graphs`) on the graph page. Off loopback every Host header is
     accepted (the user chose to expose it)."""
     runner = ModelRunner(model, stores) if model is not None else None
     hosts = LOOPBACK_HOSTS if is_loopback(host) else ["*"]
-    return create_app(stores, runner, limits, allowed_hosts=hosts, graphs=graphs)
+    return create_app(stores, runner, limits, allowed_hosts=hosts, graphs=graphs,
+                      comparisons=comparisons)
 
 
 def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -11,8 +11,9 @@ from sparselens.comparison.compare import CompareOptions
 NAME = "compare"
 HELP = ("Compare two dictionaries (seeds, widths, hookpoints or models): optimal one-to-one "
         "matching by decoder cosine and, with a shared activation cache, by activation "
-        "correlation (PW-MCC, histograms), SVCCA/CKA of the paired features, feature splitting, "
-        "novel latents with their contexts. Writes JSON and a static page.")
+        "correlation (PW-MCC, histograms; --texts instead pairs two models' tokens "
+        "by text spans when their tokenizers differ), SVCCA/CKA of the paired features, "
+        "feature splitting, novel latents with their contexts. Writes JSON and a static page.")
 
 
 @dataclass
@@ -32,6 +33,21 @@ class Config:
     """Cache hookpoint B reads; None: the one recorded in B."""
     tokenizer: str | None = None
     """Model folder or embedded name whose tokenizer shows contexts; None: the cache's model."""
+    texts: str | None = None
+    """Instead of a cache: a corpus (folder of .txt/.md, .jsonl, .parquet, or 'builtin') that
+    both dictionaries' models read; their tokens are paired at shared character boundaries,
+    so the two models may tokenize differently (docs/comparison.md)."""
+    model_a: str | None = None
+    """With --texts: model A (embedded name, folder, .gguf); None: the one A records."""
+    model_b: str | None = None
+    """With --texts: model B; None: the one B records."""
+    max_documents: int | None = 400
+    """With --texts: documents read at most."""
+    max_tokens: int = 128
+    """With --texts: tokens per document at most (per model)."""
+    pool: str = "last"
+    """With --texts: the activation standing for an aligned span, 'last' (the token ending it)
+    or 'mean' (its tokens' mean)."""
     out: str = "compare"
     """Output folder (compare.json, index.html)."""
     options: CompareOptions = field(default_factory=CompareOptions)
@@ -51,7 +67,11 @@ def run(cfg: Config) -> int:
     if not cfg.a or not cfg.b:
         raise ValueError("give two dictionaries: sparselens compare A B [--cache CACHE]")
     a, b = load_any(cfg.a, device=cfg.device), load_any(cfg.b, device=cfg.device)
-    cache = tokens = tokenizer = None
+    cache = tokens = tokenizer = shared = None
+    if cfg.cache and cfg.texts:
+        raise ValueError("give --cache or --texts, not both")
+    if cfg.texts:
+        shared = _aligned(cfg, a, b)
     if cfg.cache:
         from sparselens.data.cache import ActivationCache
 
@@ -61,7 +81,8 @@ def run(cfg: Config) -> int:
     hookpoints = None
     if cfg.hookpoint_a or cfg.hookpoint_b:
         hookpoints = (cfg.hookpoint_a or a.cfg.hookpoint, cfg.hookpoint_b or b.cfg.hookpoint)
-    result = compare_dictionaries(a, b, (cfg.a, cfg.b), cache, hookpoints, cfg.options)
+    result = compare_dictionaries(a, b, (cfg.a, cfg.b), cache, hookpoints, cfg.options,
+                                  shared=shared, tokenizer=tokenizer)
     page = write_comparison(result, cfg.out, tokens, tokenizer, cfg.options.n_listed,
                             (load_explanations(cfg.a), load_explanations(cfg.b)))
     for label, m in (("decoder cosine", result.decoder),
@@ -74,6 +95,30 @@ def run(cfg: Config) -> int:
     print(f"{len(result.novel['A'])} latents novel in A, {len(result.novel['B'])} in B, "
           f"{len(result.splits)} split; page {page}, data {Path(cfg.out) / 'compare.json'}")
     return 0
+
+
+def _aligned(cfg: Config, a, b):
+    """Both dictionaries' codes on the texts, tokens paired by character spans."""
+    from sparselens.comparison.alignment import aligned_shared_codes
+    from sparselens.comparison.datadiff_run import read_corpus
+    from sparselens.lens import Lens
+    from sparselens.models.source import load_model
+
+    sources = (cfg.model_a or a.cfg.model, cfg.model_b or b.cfg.model)
+    for side, source in zip("ab", sources):
+        if not source:
+            raise ValueError(f"dictionary {side.upper()} does not record its model; pass "
+                             f"--model-{side}")
+    lens_a = Lens(load_model(sources[0], device=cfg.device))
+    lens_b = lens_a if sources[1] == sources[0] else Lens(load_model(sources[1],
+                                                                     device=cfg.device))
+    hookpoints = (cfg.hookpoint_a or a.cfg.hookpoint, cfg.hookpoint_b or b.cfg.hookpoint)
+    texts = read_corpus(cfg.texts, max_documents=cfg.max_documents)
+    shared, aligned = aligned_shared_codes(a, b, lens_a, lens_b, texts, hookpoints,
+                                           cfg.options.n_tokens, cfg.max_tokens, cfg.pool)
+    print(f"{aligned.n} aligned positions (coverage A {aligned.coverage()[0]:.1%}, "
+          f"B {aligned.coverage()[1]:.1%})")
+    return shared
 
 
 def _tokenizer(name: str | None, cache) -> object | None:

@@ -27,7 +27,8 @@ class Config:
     """Corpus B, same forms."""
     model: str | None = None
     """Model the dictionary reads (embedded name, local folder, .gguf); None: the one recorded
-    in the dictionary."""
+    in the dictionary, else the one of the activation cache beside it (sparselens run's
+    layout)."""
     field: str = "text"
     """JSONL key or Parquet column holding the text."""
     max_documents: int | None = None
@@ -47,6 +48,7 @@ class Config:
 def run(cfg: Config) -> int:
     from sparselens.comparison.datadiff_run import read_corpus, run_datadiff, write_datadiff
     from sparselens.comparison.explanations import load_explanations
+    from sparselens.comparison.model_source import infer_model
     from sparselens.io.detect import load_any
     from sparselens.lens import Lens
     from sparselens.models.source import load_model
@@ -55,9 +57,10 @@ def run(cfg: Config) -> int:
         raise ValueError("give a dictionary and two corpora: sparselens datadiff SAE --a CORPUS "
                          "--b CORPUS")
     dictionary = load_any(cfg.sae, device=cfg.device)
-    model = cfg.model or dictionary.cfg.model
+    model = cfg.model
     if not model:
-        raise ValueError(f"{cfg.sae} does not record its model; pass --model")
+        model, where = infer_model(cfg.sae, dictionary)
+        print(f"model {model} (from {where})")
     texts_a = read_corpus(cfg.a, cfg.field, cfg.max_documents)
     texts_b = read_corpus(cfg.b, cfg.field, cfg.max_documents)
     lens = Lens(load_model(model, dtype=cfg.model_dtype, device=cfg.device), {"sae": dictionary})

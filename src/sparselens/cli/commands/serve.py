@@ -33,6 +33,9 @@ class Config:
     graphs: tuple[str, ...] | None = None
     """Attribution graph files written by `sparselens circuit --out` to show on the graph
     page (only these files are served; each is checked at startup)."""
+    compare: tuple[str, ...] | None = None
+    """Comparison records written by `sparselens compare --out` (compare.json or its folder)
+    to show on the compare page, linked to the served dictionaries they name."""
     host: str = "127.0.0.1"
     """Address to bind. Anything but a loopback address exposes the viewer (and the model)
     to the network without authentication; a warning says so."""
@@ -45,6 +48,7 @@ class Config:
 
 
 def run(cfg: Config) -> int:
+    from sparselens.server.comparisons import load_comparisons
     from sparselens.server.graphs import load_graphs
     from sparselens.server.launch import build_app, open_stores, run_server
 
@@ -55,6 +59,9 @@ def run(cfg: Config) -> int:
     graphs = load_graphs(cfg.graphs or ())  # before the slow part: a bad file fails at once
     for graph in graphs:
         print(f"graph {graph.name}: {graph.path} · {len(graph.data['nodes'])} nodes", flush=True)
+    comparisons = load_comparisons(cfg.compare or ())
+    for comparison in comparisons:
+        print(f"comparison {comparison.name}: {comparison.path}", flush=True)
     model = None
     if cfg.model is not None:
         from sparselens.models.source import load_model
@@ -69,7 +76,8 @@ def run(cfg: Config) -> int:
         tokenizer = tokenizer_for(cfg.tokenizer)
     stores = open_stores(cfg.dictionaries, cache=cfg.cache, examples=cfg.examples,
                          tokenizer=tokenizer, model_name=model.name if model else None)
-    run_server(build_app(stores, model, host=cfg.host, graphs=graphs), host=cfg.host,
+    run_server(build_app(stores, model, host=cfg.host, graphs=graphs,
+                         comparisons=comparisons), host=cfg.host,
                port=cfg.port)
     return 0
 

@@ -7,6 +7,7 @@
  *   #/playground?d=..&f=..&text=..  text playground
  *   #/steer?d=..&f=..&coef=..&prompt=..  steering playground
  *   #/graphs, #/graph/<name>        attribution graphs (drawn by graph.js)
+ *   #/compares, #/compare/<name>    comparison records (drawn by compare.js)
  * Text from the server (tokens, explanations, names) only ever goes into textContent or SVG
  * text nodes, never parsed as HTML, so a token "<script>" shows as those characters.
  * No external script, font or stylesheet: the page works offline.
@@ -781,11 +782,16 @@
 
   const pages = (window.sparselens = window.sparselens || {});
   pages.helpers = { el, svg, fmt, api, link, section, errorBox, featureHref, params,
-                    info: () => INFO };
+                    histogram, info: () => INFO };
 
   function graphPage(which, ...args) {
     if (!pages.graph) throw new Error("graph.js did not load");
     return pages.graph[which](...args);
+  }
+
+  function comparePage(which, ...args) {
+    if (!pages.compare) throw new Error("compare.js did not load");
+    return pages.compare[which](...args);
   }
 
   // ---------- routing ----------
@@ -822,6 +828,10 @@
       } else if (parts[0] === "graph" && parts.length === 2) {
         mark("graphs");
         await graphPage("show", root, decodeURIComponent(parts[1]), query);
+      } else if (parts[0] === "compares" || parts[0] === "compare") {
+        mark("compares");
+        await (parts.length === 2 ? comparePage("show", root, decodeURIComponent(parts[1]))
+          : comparePage("list", root));
       } else if (!parts.length) {
         mark("overview");
         await showOverview(root);
