@@ -63,7 +63,9 @@ class ImageTransform:
         """Patches per side, if the patch size is known."""
         return self.size // self.patch_size if self.patch_size else None
 
-    def __call__(self, image: Any) -> Tensor:
+    def fit(self, image: Any) -> Any:
+        """The RGB picture the model sees (resized, centre-cropped), before normalisation;
+        the report draws heat maps over it, so patch (r, c) is where the model saw it."""
         from PIL import Image
 
         image = image.convert("RGB")
@@ -71,7 +73,10 @@ class ImageTransform:
         width, height = (max(self.size, round(side * scale)) for side in image.size)
         image = image.resize((width, height), Image.Resampling.BICUBIC)
         left, top = (width - self.size) // 2, (height - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
+        return image.crop((left, top, left + self.size, top + self.size))
+
+    def __call__(self, image: Any) -> Tensor:
+        image = self.fit(image)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         mean, std = torch.tensor(self.mean), torch.tensor(self.std)
         return (pixels - mean[:, None, None]) / std[:, None, None]
