@@ -38,8 +38,13 @@ def main() -> None:
     parser.add_argument("--train-tokens", type=int, default=100_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--architectures", nargs="+", default=["archetypal", "topk"])
+    parser.add_argument("--init-tokens", type=int, default=16384,
+                        help="rows for the data-dependent init (Archetypal: k-means points)")
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cache = ActivationCache.open(args.cache)
     heldout = list(cache.batches(4096, [args.hookpoint], split="heldout", shuffle=False))
@@ -51,6 +56,7 @@ def main() -> None:
                 cfg = TrainConfig(architecture=arch, n_latents=args.latents,
                                   dictionary={"k": args.k}, n_tokens=args.train_tokens,
                                   batch_size=1024, seed=seed, hookpoint=args.hookpoint,
+                                  init_tokens=args.init_tokens,
                                   log=LogConfig(progress=False))
                 start = time.perf_counter()
                 result = train_on_cache(cfg, cache, Path(tmp) / f"{arch}-{seed}")
@@ -68,9 +74,15 @@ def main() -> None:
     record = {"cache": str(args.cache), "source": cache.manifest["corpus"].get("source"),
               "images": cache.n_sequences, "train_rows": cache.n_rows("train"),
               "hookpoint": args.hookpoint, "latents": args.latents, "k": args.k,
-              "train_tokens": args.train_tokens, "seeds": args.seeds,
+              "train_tokens": args.train_tokens, "init_tokens": args.init_tokens,
+              "seeds": args.seeds,
               "threads": torch.get_num_threads(), "architectures": runs}
     saved = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    before = saved.get("stability") or {}
+    same = {k: v for k, v in before.items() if k not in ("architectures", "threads")} == \
+        {k: v for k, v in record.items() if k not in ("architectures", "threads")}
+    if same:  # another invocation with the same settings ran other architectures: merge
+        record["architectures"] = {**before["architectures"], **runs}
     saved["stability"] = record
     args.out.write_text(json.dumps(saved, indent=2) + "\n")
     print("| architecture | PW-MCC (mean matched cosine) | matched > 0.7 | median | FVU |")

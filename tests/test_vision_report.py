@@ -36,10 +36,14 @@ def square_images(folder: Path, n: int) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    return make_image_run(tmp_path_factory.mktemp("vision-report"))
+
+
+def make_image_run(root: Path):
+    """Harvest 24 square pictures with a tiny DINOv2 and train a 16-latent TopK on them."""
     from sparselens.pipelines.train import train_on_cache
     from sparselens.training.config import LogConfig, TrainConfig
 
-    root = tmp_path_factory.mktemp("vision-report")
     square_images(root / "imgs", 24)
     cfg = HarvestConfig(storage_dtype="float32", batch_size=8, shard_tokens=128,
                         progress=False, heldout_fraction=0.2)
