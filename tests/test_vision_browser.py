@@ -117,7 +117,9 @@ def test_viewer_draws_heat_maps_under_its_csp(image_run, chromium) -> None:
         assert n >= 1
         check_images(page, n)
         page.screenshot(path=str(SCREENSHOTS / "viewer-feature-images.png"), full_page=True)
-        assert page.errors == []  # a CSP violation (blocked image or style) logs an error
+        # a CSP violation (blocked image or style) logs an error; the logit lens answers 503
+        # without a model, which is expected here
+        assert [e for e in page.errors if "503" not in e] == []
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -25,7 +25,7 @@ class PatchTokenizer:
     """Display text of an image cache's token ids, which are patch indices."""
 
     def decode(self, ids: list[int]) -> str:
-        return f"patch {ids[0]}"
+        return f"p{ids[0]} "
 
 
 def write_image_section(out: Path, images: ImageExamples, pictures: Pictures | None = None,
