@@ -41,8 +41,11 @@ def main() -> None:
     parser.add_argument("--latents", type=int, default=1536)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--train-tokens", type=int, default=40_000)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     loaded = load_vision_model()
     transform = model_transform(loaded, args.size)
@@ -80,6 +83,9 @@ def main() -> None:
                                                    "train_tokens": args.train_tokens},
               "threads": torch.get_num_threads(), "sets": results}
     saved = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    before = saved.get("probes") or {}
+    if all(before.get(k) == record[k] for k in ("hookpoint", "sae")):  # merge other sets
+        record["sets"] = {**before.get("sets", {}), **results}
     saved["probes"] = record
     args.out.write_text(json.dumps(saved, indent=2) + "\n")
 
