@@ -22,11 +22,19 @@ import torch
 
 from sparselens.data.cache import ActivationCache
 from sparselens.evaluation import reconstruction_metrics
-from sparselens.evaluation.consistency import pairwise_consistency
+from sparselens.evaluation.consistency import consistency_metrics, pairwise_consistency
 from sparselens.pipelines.train import train_on_cache
 from sparselens.training.config import LogConfig, TrainConfig
 
 RESULTS = Path(__file__).parent / "results" / "vision.json"
+
+
+def random_baseline(latents: int, width: int) -> dict:
+    """Matched-cosine statistics of two independent Gaussian dictionaries of this shape: the
+    floor a pair of unrelated dictionaries reaches by optimal matching alone."""
+    gen = torch.Generator().manual_seed(0)
+    return consistency_metrics(torch.randn(latents, width, generator=gen),
+                               torch.randn(latents, width, generator=gen))
 
 
 def main() -> None:
@@ -76,11 +84,14 @@ def main() -> None:
               "hookpoint": args.hookpoint, "latents": args.latents, "k": args.k,
               "train_tokens": args.train_tokens, "init_tokens": args.init_tokens,
               "seeds": args.seeds,
-              "threads": torch.get_num_threads(), "architectures": runs}
+              "threads": torch.get_num_threads(), "architectures": runs,
+              "random_baseline": random_baseline(args.latents, heldout[0].acts[
+                  args.hookpoint].shape[1])}
     saved = json.loads(args.out.read_text()) if args.out.is_file() else {}
     before = saved.get("stability") or {}
-    same = {k: v for k, v in before.items() if k not in ("architectures", "threads")} == \
-        {k: v for k, v in record.items() if k not in ("architectures", "threads")}
+    ignored = ("architectures", "threads", "random_baseline")
+    same = {k: v for k, v in before.items() if k not in ignored} == \
+        {k: v for k, v in record.items() if k not in ignored}
     if same:  # another invocation with the same settings ran other architectures: merge
         record["architectures"] = {**before["architectures"], **runs}
     saved["stability"] = record
