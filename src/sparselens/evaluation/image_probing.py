@@ -81,3 +81,34 @@ def probe_cache(cache: ActivationCache, hookpoint: str, dictionary: Dictionary |
     features = image_features(cache, hookpoint, dictionary)
     train = ~cache.is_heldout(torch.arange(cache.n_sequences))
     return linear_probe(features, torch.tensor(labels), train, **kwargs)
+
+
+def class_counts(cache: ActivationCache) -> dict[str, list[int]]:
+    """Images per class in the training and held-out splits (to judge balance)."""
+    labels = torch.tensor((cache.manifest.get("corpus") or {}).get("labels") or [])
+    if not len(labels):
+        return {"train": [], "heldout": []}
+    heldout = cache.is_heldout(torch.arange(len(labels)))
+    n = int(labels.max()) + 1
+    return {"train": torch.bincount(labels[~heldout], minlength=n).tolist(),
+            "heldout": torch.bincount(labels[heldout], minlength=n).tolist()}
+
+
+def run_image_probe(cache_path: str, hookpoint: str | None = None,
+                    dictionary_path: str | None = None, device: str = "cpu",
+                    l2: float = 1e-3) -> dict[str, Any]:
+    """Probe an image cache's labels from mean patch activations and, given a dictionary
+    folder, from its mean codes; with the class counts of both splits."""
+    from sparselens.io.detect import load_any
+
+    cache = ActivationCache.open(cache_path)
+    hookpoint = cache.resolve(hookpoint or cache.hookpoints[0])
+    corpus = cache.manifest.get("corpus") or {}
+    result: dict[str, Any] = {"cache": str(cache_path), "source": corpus.get("source"),
+                              "hookpoint": hookpoint, "classes": class_counts(cache),
+                              "activations": probe_cache(cache, hookpoint, l2=l2)}
+    if dictionary_path is not None:
+        dictionary = load_any(dictionary_path).to(device).eval()
+        result["dictionary"] = str(dictionary_path)
+        result["dictionary_codes"] = probe_cache(cache, hookpoint, dictionary, l2=l2)
+    return result

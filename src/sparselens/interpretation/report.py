@@ -22,6 +22,8 @@ from torch import Tensor
 
 from sparselens.dictionaries.base import Dictionary
 from sparselens.interpretation.examples import FeatureExamples
+from sparselens.interpretation.image_examples import ImageExamples
+from sparselens.interpretation.image_report import write_image_section
 from sparselens.interpretation.plots import (
     density_histogram_png,
     max_activation_histogram_png,
@@ -42,7 +44,7 @@ def render_index(title: str) -> str:
     """The page: the HTML template with the stylesheet and script inlined."""
     page = _asset("report.html")
     for marker, value in (("{{STYLE}}", _asset("report.css")),
-                          ("{{SCRIPT}}", _asset("report.js")),
+                          ("{{SCRIPT}}", _asset("images.js") + _asset("report.js")),
                           ("{{TITLE}}", html.escape(title))):
         page = page.replace(marker, value)
     return page
@@ -76,11 +78,14 @@ def _write_plots(out: Path, examples: FeatureExamples,
 def write_report(out_dir: str | os.PathLike, *, dictionary: Dictionary,
                  examples: FeatureExamples, tokens: Tensor, tokenizer: object,
                  metrics: Mapping[str, Any], train_log_path: str | os.PathLike | None = None,
-                 title: str = "sparselens report") -> Path:
+                 title: str = "sparselens report",
+                 image_examples: ImageExamples | None = None) -> Path:
     """Write ``index.html``, ``data.js``, ``metrics.json`` and the plots into `out_dir`.
 
     `tokens` is the ``(n_sequences, context_len)`` token table of the data the examples were
-    collected from (``ActivationCache.tokens()``). Returns the path of ``index.html``.
+    collected from (``ActivationCache.tokens()``). `image_examples` (an image cache's top
+    images, `image_examples.collect_image_heatmaps`) adds pictures with heat maps.
+    Returns the path of ``index.html``.
     """
     if examples.n_features != dictionary.cfg.n_latents:
         raise ValueError(f"the examples describe {examples.n_features} features but the "
@@ -95,6 +100,8 @@ def write_report(out_dir: str | os.PathLike, *, dictionary: Dictionary,
     plots = _write_plots(out, examples, train_log_path)
     data = build_report_data(examples, tokens, tokenizer, meta={"title": title,
                              **dictionary_meta(dictionary)}, metrics=metrics, plots=plots)
+    if image_examples is not None:
+        data["images"] = write_image_section(out, image_examples)
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
     atomic_write_text(out / "data.js", f"window.{DATA_VARIABLE} = {payload};\n")
     atomic_write_text(out / "index.html", render_index(title))

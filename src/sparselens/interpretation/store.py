@@ -11,6 +11,7 @@ from pathlib import Path
 from sparselens.data.batch import ActivationBatch
 from sparselens.dictionaries.base import Dictionary
 from sparselens.interpretation.examples import EXAMPLES_META, FeatureExamples, collect_examples
+from sparselens.interpretation.image_examples import collect_image_heatmaps, is_image_corpus
 from sparselens.interpretation.windows import collect_windows
 
 STORE_FOLDER = "examples"
@@ -54,4 +55,7 @@ def load_or_collect(dictionary_folder: str | os.PathLike, dictionary: Dictionary
     examples = collect_windows(dictionary, examples, batches(), before=before, after=after)
     examples.tokens = cache.tokens()
     examples.save(folder)
+    corpus = cache.manifest.get("corpus")
+    if is_image_corpus(corpus):  # which image and patch each example is, with heat maps
+        collect_image_heatmaps(dictionary, examples, batches(), corpus).save(folder)
     return examples

@@ -238,8 +238,11 @@ def edit(model: nn.Module, hookpoint: Hookpoint, fn: EditFn) -> Iterator[None]:
         yield
 
 
-def list_hookpoints(model: nn.Module, **inputs: Any) -> list[tuple[str, int | None]]:
-    """Every module path with its output width, found by one tiny forward pass."""
+def list_hookpoints(model: nn.Module, channels_first: bool = False,
+                    **inputs: Any) -> list[tuple[str, int | None]]:
+    """Every module path with its output width, found by one tiny forward pass.
+
+    `channels_first`: a 4-D output ``(B, C, H, W)`` (a CNN feature map) has width C."""
     widths: dict[str, int] = {}
     handles = []
     for name, module in model.named_modules():
@@ -248,7 +251,9 @@ def list_hookpoints(model: nn.Module, **inputs: Any) -> list[tuple[str, int | No
 
         def hook(_m, _a, output, name=name):
             with contextlib.suppress(TypeError):
-                widths[name] = int(_first_tensor(output).shape[-1])
+                out = _first_tensor(output)
+                widths[name] = int(out.shape[1] if channels_first and out.ndim == 4
+                                   else out.shape[-1])
 
         handles.append(module.register_forward_hook(hook))
     try:

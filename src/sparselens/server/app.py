@@ -27,6 +27,7 @@ from sparselens.server import limits as checks
 from sparselens.server.comparisons import ServedComparison
 from sparselens.server.feature import feature_payload
 from sparselens.server.graphs import ServedGraph
+from sparselens.server.images import images_script
 from sparselens.server.latents import SORTS, latent_list
 from sparselens.server.limits import BadRequest, Limits
 from sparselens.server.middleware import BodyLimit, SecurityHeaders
@@ -39,6 +40,7 @@ from sparselens.server.store import DictionaryStore
 ASSETS = {"viewer.js": "text/javascript; charset=utf-8",
           "graph.js": "text/javascript; charset=utf-8",
           "compare.js": "text/javascript; charset=utf-8",
+          "images.js": "text/javascript; charset=utf-8",
           "viewer.css": "text/css; charset=utf-8"}
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 
@@ -86,7 +88,8 @@ class Viewer:
         name = request.path_params["name"]
         if name not in ASSETS:
             raise HTTPException(404, "no such asset")
-        return Response(_asset(name), media_type=ASSETS[name])
+        body = images_script() if name == "images.js" else _asset(name)
+        return Response(body, media_type=ASSETS[name])
 
     async def info(self, request: Request) -> Response:
         return JSONResponse({"dictionaries": [s.describe() for s in self.stores.values()],

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from sparselens.server.images import feature_images
 from sparselens.server.store import DictionaryStore, Example
 
 DEFAULT_WINDOW = (24, 8)
@@ -110,6 +111,7 @@ def feature_payload(store: DictionaryStore, latent: int, n_bins: int = 5) -> dic
              "max": _round(top[0].activation) if top else 0.0}
     histogram = (counted_histogram(ex.histogram(latent), ex.histogram_edges)
                  if ex.histogram_edges is not None else activation_histogram(samples, top, count))
+    payload["images"] = feature_images(store, latent)  # image caches: pictures + heat maps
     return payload | {"stats": stats, "top": [render_example(store, e) for e in top],
                       "quantiles": quantile_groups(store, samples, n_bins),
                       "histogram": histogram}

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sparselens.interpretation.image_examples import IMAGES_META
+from sparselens.interpretation.image_report import PatchTokenizer
 from sparselens.server import files
 from sparselens.server.app import LOOPBACK_HOSTS, create_app
 from sparselens.server.comparisons import ServedComparison
@@ -47,6 +49,8 @@ def _index_builder(folder: Path, cache: Path | None, tokenizer: Any, model_name:
 
         tokens = _stored_tokens(examples_file)
         source = cache or files.find_cache(folder)
+        patches = (examples_file.parent / IMAGES_META).is_file()  # an image cache's store
+        tok = PatchTokenizer() if patches and tokenizer is None else tokenizer
         if tokens is None and source is None:
             warnings.warn(f"{examples_file} has no viewer index yet and no activation cache was "
                           "found to build it from; examples show without text. Pass --cache",
@@ -54,11 +58,11 @@ def _index_builder(folder: Path, cache: Path | None, tokenizer: Any, model_name:
             return None
         opened = ActivationCache.open(source, allow_incomplete=True) if source else None
         name = model_name or (opened.manifest.get("model") if opened else None)
-        if tokenizer is None and not isinstance(name, str):
+        if tok is None and not isinstance(name, str):
             warnings.warn(f"no tokenizer to turn {examples_file}'s tokens into text; pass "
                           "--model or --tokenizer", stacklevel=2)
             return None
-        tok = tokenizer or tokenizer_for(str(name))
+        tok = tok or tokenizer_for(str(name))
         print(f"building the viewer index for {examples_file} (once)", flush=True)
         table = tokens if tokens is not None else opened.tokens()  # type: ignore[union-attr]
         return ViewerIndex(build_index(examples_file, table, tok))

@@ -301,6 +301,8 @@
       view.appendChild(el("p", "dead", "This feature never fired on the collected tokens."));
       return;
     }
+    const images = DATA.images && DATA.images.features[String(feature.i)];
+    if (images && window.sparselensImages) view.appendChild(window.sparselensImages.section(images));
     const top = el("section", "detail-block top-examples");
     top.appendChild(el("h3", "", `Top ${feature.top.length} activations`));
     const contexts = el("div", "contexts");

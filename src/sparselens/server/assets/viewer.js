@@ -454,6 +454,9 @@
     grid.appendChild(right);
     root.appendChild(grid);
 
+    if (data.images && data.images.top.length && window.sparselensImages) {
+      left.appendChild(window.sparselensImages.section(data.images.top));
+    }
     const hist = data.histogram;
     if (hist && hist.edges.length && hist.log) {
       const outside = hist.below || hist.above ?
