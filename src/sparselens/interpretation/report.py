@@ -29,6 +29,7 @@ from sparselens.interpretation.plots import (
     training_curves_png,
 )
 from sparselens.interpretation.report_data import build_report_data
+from sparselens.interpretation.report_evaluation import evaluation_payload
 from sparselens.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 DATA_VARIABLE = "SPARSELENS_REPORT"
@@ -43,6 +44,7 @@ def render_index(title: str) -> str:
     page = _asset("report.html")
     for marker, value in (("{{STYLE}}", _asset("report.css")),
                           ("{{SCRIPT}}", _asset("report.js")),
+                          ("{{EVALUATION_SCRIPT}}", _asset("report_evaluation.js")),
                           ("{{TITLE}}", html.escape(title))):
         page = page.replace(marker, value)
     return page
@@ -76,11 +78,13 @@ def _write_plots(out: Path, examples: FeatureExamples,
 def write_report(out_dir: str | os.PathLike, *, dictionary: Dictionary,
                  examples: FeatureExamples, tokens: Tensor, tokenizer: object,
                  metrics: Mapping[str, Any], train_log_path: str | os.PathLike | None = None,
-                 title: str = "sparselens report") -> Path:
+                 title: str = "sparselens report",
+                 evaluation: Mapping[str, Any] | None = None) -> Path:
     """Write ``index.html``, ``data.js``, ``metrics.json`` and the plots into `out_dir`.
 
     `tokens` is the ``(n_sequences, context_len)`` token table of the data the examples were
-    collected from (``ActivationCache.tokens()``). Returns the path of ``index.html``.
+    collected from (``ActivationCache.tokens()``). `evaluation`: the evaluation section's
+    data (`evaluation_payload`), or None for none. Returns the path of ``index.html``.
     """
     if examples.n_features != dictionary.cfg.n_latents:
         raise ValueError(f"the examples describe {examples.n_features} features but the "
@@ -95,6 +99,7 @@ def write_report(out_dir: str | os.PathLike, *, dictionary: Dictionary,
     plots = _write_plots(out, examples, train_log_path)
     data = build_report_data(examples, tokens, tokenizer, meta={"title": title,
                              **dictionary_meta(dictionary)}, metrics=metrics, plots=plots)
+    data["evaluation"] = evaluation_payload(evaluation)
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
     atomic_write_text(out / "data.js", f"window.{DATA_VARIABLE} = {payload};\n")
     atomic_write_text(out / "index.html", render_index(title))
