@@ -310,6 +310,7 @@ def run_bench(paths: Sequence[str | Path], cache: str | Path, out: str | Path,
                            "seconds": {s: r.get("seconds") for s, r in done.items()},
                            "cpu_seconds": {s: r.get("cpu_seconds") for s, r in done.items()},
                            "cached": {s: r.get("cached") for s, r in done.items()},
+                           "loadavg": {s: r.get("loadavg") for s, r in done.items()},
                            "skipped_tasks": bench.skipped_tasks}
         check_bench_record(record)
         written[entry.name] = write_results(out / f"{safe_name(entry.name)}.json", record)

@@ -147,7 +147,7 @@ def _scalars(section: dict[str, Any]) -> list[tuple[str, float | str]]:
     """A section's own numbers and strings (nested per-task/per-letter detail left out)."""
     rows: list[tuple[str, float | str]] = []
     for key, value in section.items():
-        if key in ("seconds", "cpu_seconds", "cached") or isinstance(value, bool):
+        if key in ("seconds", "cpu_seconds", "cached", "loadavg") or isinstance(value, bool):
             continue
         if isinstance(value, (int, float)) and math.isfinite(value):
             rows.append((key, float(value)))

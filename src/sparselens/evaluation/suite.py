@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class MetricCache:
         result["seconds"] = time.perf_counter() - start
         # CPU time of this process: on a shared machine, the honest measure of the work.
         result["cpu_seconds"] = time.process_time() - cpu
+        result["loadavg"] = list(os.getloadavg())  # 1/5/15-min: how shared the machine was
         atomic_write_json(path, result)
         return {**result, "cached": False}
 

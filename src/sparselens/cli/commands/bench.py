@@ -33,7 +33,7 @@ class Config:
     """Tokens per text for probing (longer texts are cut)."""
     heldout_tokens: int = 16384
     """Held-out cache tokens for reconstruction, geometry and dark matter."""
-    absorption_words: int = 80
+    absorption_words: int = 200
     """Vocabulary words per first letter for absorption."""
     batch_size: int = 16
     """Texts per model forward."""
