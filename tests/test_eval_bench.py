@@ -50,6 +50,7 @@ def test_bench_writes_checked_records_and_reuses_results(two_saes, tmp_path: Pat
     check_bench_record(record)
     assert record["reconstruction"]["l0"] <= 4
     assert 0 < record["consistency"]["mean_pw_mcc"] <= 1
+    assert 0 <= record["consistency"]["mean_fraction_matched"] <= 1
     assert set(record["sparse_probing"]["tasks"]) == {"sentiment", "reference_section"}
     assert "sae_top_50_accuracy" in record["sparse_probing"]
     # the byte tokenizer has no word tokens: absorption is skipped, with the reason

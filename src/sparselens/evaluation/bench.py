@@ -242,7 +242,9 @@ class Bench:
         against = {o.name: consistency_metrics(entry.dictionary.W_dec, o.dictionary.W_dec)
                    for o in others}
         return {"against": against,
-                "mean_pw_mcc": sum(r["pw_mcc"] for r in against.values()) / len(against)}
+                "mean_pw_mcc": sum(r["pw_mcc"] for r in against.values()) / len(against),
+                "mean_fraction_matched": sum(r["fraction_matched"] for r in against.values())
+                / len(against)}
 
     def synthetic(self, entry: Entry) -> dict[str, Any]:
         return recovery_of_architecture(entry.dictionary.architecture, entry.dictionary.cfg,

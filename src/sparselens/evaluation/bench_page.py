@@ -30,6 +30,7 @@ HEADLINES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("nonlinear error FVU", "lower", ("dark_matter", "nonlinear_error_fvu")),
     ("decoder mean max |cos|", "lower", ("geometry", "mean_max_abs_cos")),
     ("PW-MCC (seeds)", "higher", ("consistency", "mean_pw_mcc")),
+    ("matched > 0.7 (seeds)", "higher", ("consistency", "mean_fraction_matched")),
     ("synthetic recovered > 0.9", "higher", ("synthetic", "fraction_recovered")),
     ("synthetic MMCS", "higher", ("synthetic", "mean_max_cosine")),
 )
