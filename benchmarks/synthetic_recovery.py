@@ -64,7 +64,9 @@ def main() -> None:
     features = SyntheticFeatures(config)
     runs: list = []
     if args.update and out.exists():
-        runs = [r for r in json.loads(out.read_text())["runs"] if r["variant"] not in args.variants]
+        runs = [r for r in json.loads(out.read_text())["runs"]
+                if (r["variant"], r.get("n_tokens", 2_000_000)) not in
+                {(v, n_tokens) for v in args.variants}]
     print(f"{'variant':15s} {'L0':>6s} {'FVU':>6s} {'MMCS':>6s} {'>0.9':>6s} {'absorb':>7s} "
           f"{'sec':>6s}", flush=True)
     for name in args.variants:
@@ -104,15 +106,16 @@ def print_row(run: dict) -> None:
         return
     absorbed = absorption_of(run)
     shown = f"{absorbed:7.3f}" if absorbed is not None else f"{'-':>7s}"
+    tokens = run.get("n_tokens", 2_000_000) / 1e6
     print(f"{run['variant']:15s} {run['l0']:6.2f} {run['fvu']:6.3f} {run['mean_max_cosine']:6.3f} "
-          f"{run['fraction_recovered']:6.3f} {shown} {run.get('train_seconds', 0):6.1f}",
-          flush=True)
+          f"{run['fraction_recovered']:6.3f} {shown} {run.get('train_seconds', 0):6.1f} "
+          f"{tokens:5.1f}M", flush=True)
 
 
 def print_table(runs: list) -> None:
     order = {name: i for i, name in enumerate(FAMILY)}
     print(f"{'variant':15s} {'L0':>6s} {'FVU':>6s} {'MMCS':>6s} {'>0.9':>6s} {'absorb':>7s} "
-          f"{'sec':>6s}")
+          f"{'sec':>6s} {'tokens':>6s}")
     for run in sorted(runs, key=lambda r: order.get(r["variant"], len(order))):
         print_row(run)
 
