@@ -80,3 +80,24 @@ def test_vocabulary_without_words_is_refused() -> None:
 
     with pytest.raises(ValueError, match="word tokens"):
         first_letter_dataset(byte_tokenizer(), AbsorptionConfig())
+
+
+def test_position_features_keep_the_input_order(tiny_llama) -> None:
+    from sparselens.dictionaries import build
+    from sparselens.evaluation.features import position_features
+    from sparselens.lens import Lens
+
+    lens = Lens(tiny_llama)
+    d_in = tiny_llama.model.config.hidden_size
+    lens.attach("sae", build("relu", d_in=d_in, n_latents=8, hookpoint="resid.1"))
+    gen = torch.Generator().manual_seed(0)
+    sequences = [[1, *torch.randint(3, 250, (n,), generator=gen).tolist()]
+                 for n in (9, 3, 6, 2, 7)]  # lengths out of order: batches are sorted
+    positions = [4, 1, 5, 2, 3]
+    batched = position_features(lens, "sae", sequences, positions, batch_size=2,
+                                progress=False)
+    for i, (seq, pos) in enumerate(zip(sequences, positions)):
+        alone = position_features(lens, "sae", [seq], [pos], batch_size=1, progress=False)
+        torch.testing.assert_close(batched.activations[i], alone.activations[0],
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batched.codes[i], alone.codes[0], atol=1e-5, rtol=1e-5)

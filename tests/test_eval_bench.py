@@ -50,6 +50,7 @@ def test_bench_writes_checked_records_and_reuses_results(two_saes, tmp_path: Pat
     check_bench_record(record)
     assert record["reconstruction"]["l0"] <= 4
     assert 0 < record["consistency"]["mean_pw_mcc"] <= 1
+    assert 0 <= record["consistency"]["mean_fraction_matched"] <= 1
     assert set(record["sparse_probing"]["tasks"]) == {"sentiment", "reference_section"}
     assert "sae_top_50_accuracy" in record["sparse_probing"]
     # the byte tokenizer has no word tokens: absorption is skipped, with the reason
@@ -102,3 +103,82 @@ def test_report_rows_from_a_plain_eval_json(tmp_path: Path) -> None:
     assert rows["L0"] == "12" and rows["FVU"] == "0.2"
     assert rows["absorption fraction"] == "skipped: no word tokens"
     assert "TPP (N=20)" not in rows
+
+
+class FakeCache:
+    """What `check_model_and_site` reads from a cache."""
+
+    def __init__(self, model: str, widths: dict[str, int]) -> None:
+        self.manifest = {"model": model}
+        self.widths = widths
+        self.hookpoints = list(widths)
+
+    def resolve(self, hookpoint: str) -> str:
+        if hookpoint not in self.widths:
+            raise KeyError(hookpoint)
+        return hookpoint
+
+    def width(self, site: str) -> int:
+        return self.widths[site]
+
+
+def test_dictionary_data_mismatch_is_a_clear_error() -> None:
+    from sparselens.dictionaries import build
+    from sparselens.evaluation.suite import Entry, check_model_and_site
+
+    dictionary = build("topk", d_in=16, n_latents=32, k=2, hookpoint="resid.1",
+                       model="gemma-3-270m")
+    entry = Entry("sae", Path("sae"), dictionary, "x")
+    assert check_model_and_site(entry, FakeCache("gemma-3-270m", {"resid.1": 16})) == "resid.1"
+    with pytest.raises(ValueError, match="trained on model 'gemma-3-270m'.*'qwen"):
+        check_model_and_site(entry, FakeCache("qwen", {"resid.1": 16}))
+    with pytest.raises(ValueError, match="expects width 16.*24 wide"):
+        check_model_and_site(entry, FakeCache("gemma-3-270m", {"resid.1": 24}))
+    with pytest.raises(ValueError, match="does not hold"):
+        check_model_and_site(entry, FakeCache("gemma-3-270m", {"resid.2": 16}))
+
+
+def test_a_nan_metric_is_refused() -> None:
+    from sparselens.evaluation.results import results_record
+    from sparselens.evaluation.suite import SECTIONS
+
+    record = results_record({}, {}, None, None)
+    record.update({"bench": {}, **{s: None for s in SECTIONS}})
+    check_bench_record(record)
+    record["tpp"] = {"tpp_20": float("nan")}
+    with pytest.raises(ValueError, match=r"NaN in \['tpp.tpp_20'\]"):
+        check_bench_record(record)
+
+
+def test_single_dictionary_and_too_few_examples_are_skipped_with_reasons(
+        two_saes, tmp_path: Path) -> None:
+    cache, saes = two_saes
+    task = tmp_path / "tiny.csv"  # two labels, but too few texts to split and probe
+    task.write_text("text,label\nthe cat,a\nthe dog,b\na cow,a\n")
+    out = tmp_path / "b"
+    assert main(["bench", str(saes[0]), "--cache", str(cache), "--out", str(out),
+                 "--suite", "probing", "consistency", "--tasks", "sentiment", "--task-files",
+                 str(task), "--max-per-class", "24", "--max-length", "24",
+                 "--progress", "false"]) == 0
+    record = read_results(out / "seed0.json")
+    check_bench_record(record)
+    assert "two or more dictionaries" in record["consistency"]["skipped"]
+    assert "tiny" in record["sparse_probing"]["skipped_tasks"]
+    assert "sentiment" in record["sparse_probing"]["tasks"]
+
+
+def test_synthetic_suite_trains_the_architecture(two_saes, tmp_path: Path) -> None:
+    cache, saes = two_saes
+    out = tmp_path / "syn"
+    assert main(["bench", str(saes[0]), "--cache", str(cache), "--out", str(out),
+                 "--suite", "synthetic", "--synthetic-tokens", "8192",
+                 "--progress", "false"]) == 0
+    record = read_results(out / "seed0.json")
+    check_bench_record(record)
+    synthetic = record["synthetic"]
+    assert synthetic["architecture"] == "topk"
+    assert synthetic["dictionary_k"] == 4 and synthetic["settings"]["k"] == 5
+    assert 0 <= synthetic["fraction_recovered"] <= 1
+    assert -1 <= synthetic["mean_max_cosine"] <= 1 and synthetic["l0"] <= 5
+    assert record["sparse_probing"] is None  # only what was asked for
+    assert (saes[0] / "bench.json").exists()  # the copy the report reads

@@ -79,3 +79,16 @@ def test_topk_recovers_small_synthetic_features() -> None:
     score = score_synthetic(features, dictionary, n_tokens=5000)
     assert score["fraction_recovered"] >= 0.8, score
     assert score["l0"] == pytest.approx(2.0, abs=0.1)
+
+
+def test_synthetic_settings_keep_the_variant_and_fit_k() -> None:
+    from sparselens.dictionaries import build
+    from sparselens.evaluation.synthetic import synthetic_settings
+
+    matryoshka = build("matryoshka", d_in=32, n_latents=64, k=16, group_sizes=[32, 32])
+    settings, notes = synthetic_settings("matryoshka", matryoshka.cfg, 4.2)
+    assert settings["k"] == 5 and notes["dictionary_k"] == 16
+    assert "group_sizes" not in settings and "d_in" not in settings
+    relu = build("relu", d_in=32, n_latents=64, sparsity_coef=3.0)
+    settings, notes = synthetic_settings("relu", relu.cfg, 4.2)
+    assert settings["sparsity_coef"] == 3.0 and "k" not in settings

@@ -50,7 +50,10 @@ TEMPLATE = "{word} has the first letter:"
 class AbsorptionConfig:
     """Sizes and thresholds of the absorption metric (thresholds: the paper's/SAEBench's)."""
 
-    max_words_per_letter: int = 80
+    max_words_per_letter: int = 200
+    """Vocabulary words sampled per first letter (all of them for rarer letters). 80 left
+    4-15 probe true positives per letter on gemma-3-270m (16 test words a letter at probe
+    F1 0.65), too few for a rate; the vocabulary has 147 (x) to 8434 (s) word tokens."""
     icl_examples: int = 6
     test_fraction: float = 0.2
     max_k: int = 10
@@ -108,7 +111,6 @@ def first_letter_dataset(tokenizer: Any, cfg: AbsorptionConfig) -> LetterWords:
             words.append(pool[int(i)])
             labels.append(letter)
     bos = tokenizer("")["input_ids"]
-    suffix = tokenizer(TEMPLATE.format(word=""), add_special_tokens=False)["input_ids"]
     pool = np.array(list(vocab))
     sequences, positions = [], []
     for word in words:
@@ -116,7 +118,9 @@ def first_letter_dataset(tokenizer: Any, cfg: AbsorptionConfig) -> LetterWords:
         shots = "\n".join(f"{TEMPLATE.format(word=' ' + w)} {w[0].upper()}"
                           for w in examples[:cfg.icl_examples])
         prefix = bos + tokenizer(shots + "\n", add_special_tokens=False)["input_ids"]
-        sequences.append(prefix + [vocab[word]] + suffix)
+        # The prompt ends in " has the first letter:", but the activation is read at the
+        # word's token and the model is causal: the suffix cannot change it, so it is not run.
+        sequences.append(prefix + [vocab[word]])
         positions.append(len(prefix))
     order = rng.permutation(len(words))
     n_test = int(round(cfg.test_fraction * len(words)))

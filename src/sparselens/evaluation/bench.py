@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from sparselens.evaluation.probing import sparse_probing, summarise_tasks
 from sparselens.evaluation.reconstruction import reconstruction_metrics
 from sparselens.evaluation.results import results_record, write_results
 from sparselens.evaluation.suite import (
+    SECTIONS,
     Entry,
     MetricCache,
     SuiteConfig,
@@ -36,6 +38,7 @@ from sparselens.evaluation.suite import (
     config_key,
     load_entries,
 )
+from sparselens.evaluation.synthetic import recovery_of_architecture
 from sparselens.evaluation.tasks import (
     LabelledTask,
     builtin_tasks,
@@ -239,7 +242,14 @@ class Bench:
         against = {o.name: consistency_metrics(entry.dictionary.W_dec, o.dictionary.W_dec)
                    for o in others}
         return {"against": against,
-                "mean_pw_mcc": sum(r["pw_mcc"] for r in against.values()) / len(against)}
+                "mean_pw_mcc": sum(r["pw_mcc"] for r in against.values()) / len(against),
+                "mean_fraction_matched": sum(r["fraction_matched"] for r in against.values())
+                / len(against)}
+
+    def synthetic(self, entry: Entry) -> dict[str, Any]:
+        return recovery_of_architecture(entry.dictionary.architecture, entry.dictionary.cfg,
+                                        n_tokens=self.cfg.synthetic_tokens,
+                                        n_latents=self.cfg.synthetic_latents, seed=self.cfg.seed)
 
     def data_keys(self, suite: str) -> Any:
         if suite in ("reconstruction", "geometry", "dark_matter"):
@@ -250,6 +260,8 @@ class Bench:
             return topic_sentiment_task().checksum()
         if suite == "absorption":
             return str(self.cache.manifest.get("model"))
+        if suite == "synthetic":
+            return "synthetic"  # generated from the settings alone
         return sorted(e.checksum for e in self.entries)
 
 
@@ -263,9 +275,11 @@ def safe_name(name: str) -> str:
 def run_bench(paths: Sequence[str | Path], cache: str | Path, out: str | Path,
               cfg: SuiteConfig | None = None, *, loaded: LoadedModel | None = None,
               device: str = "cpu", model_dtype: str = "float32",
-              page: bool = True) -> BenchResult:
+              page: bool = True, beside: bool = True) -> BenchResult:
     """Every chosen metric for every dictionary; writes ``OUT/<name>.json`` per dictionary
-    and ``OUT/index.html``."""
+    and ``OUT/index.html``. `beside`: also write each record as ``bench.json`` into its
+    dictionary's folder, where `sparselens report` finds it (skipped, with a warning, if the
+    folder is not writable)."""
     cfg = cfg or SuiteConfig()
     out = Path(out)
     bench = Bench(paths, cache, out, cfg, loaded, device, model_dtype)
@@ -292,16 +306,18 @@ def run_bench(paths: Sequence[str | Path], cache: str | Path, out: str | Path,
         for suite in cfg.suites:
             if suite != "reconstruction":
                 record[SECTION_OF.get(suite, suite)] = done[suite]
-        for section in ("geometry", "dark_matter", "sparse_probing", "tpp", "scr", "absorption",
-                        "consistency"):
+        for section in SECTIONS:
             record.setdefault(section, None)
         record["bench"] = {"config": config_key(cfg), "suites": list(cfg.suites),
                            "seconds": {s: r.get("seconds") for s, r in done.items()},
                            "cpu_seconds": {s: r.get("cpu_seconds") for s, r in done.items()},
                            "cached": {s: r.get("cached") for s, r in done.items()},
+                           "loadavg": {s: r.get("loadavg") for s, r in done.items()},
                            "skipped_tasks": bench.skipped_tasks}
         check_bench_record(record)
         written[entry.name] = write_results(out / f"{safe_name(entry.name)}.json", record)
+        if beside:
+            _write_beside(entry, record)
         records[entry.name] = record
     page_path = None
     if page:
@@ -330,3 +346,17 @@ def _weights_sha256(entry: Entry) -> str | None:
         return None
     meta = read_json(config, "checkpoint config")
     return meta.get("weights_sha256") if isinstance(meta, dict) else None
+
+
+def _write_beside(entry: Entry, record: dict[str, Any]) -> None:
+    """``<dictionary>/bench.json``: the copy the HTML report reads."""
+    from sparselens.evaluation.bench_page import BESIDE_NAME
+
+    if not entry.path.is_dir():
+        return
+    try:
+        write_results(entry.path / BESIDE_NAME, record)
+    except OSError as error:
+        warnings.warn(f"could not write {entry.path / BESIDE_NAME} ({error}); the report of "
+                      "this dictionary will not show the bench results unless given --bench",
+                      stacklevel=2)

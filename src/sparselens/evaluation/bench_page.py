@@ -30,6 +30,9 @@ HEADLINES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("nonlinear error FVU", "lower", ("dark_matter", "nonlinear_error_fvu")),
     ("decoder mean max |cos|", "lower", ("geometry", "mean_max_abs_cos")),
     ("PW-MCC (seeds)", "higher", ("consistency", "mean_pw_mcc")),
+    ("matched > 0.7 (seeds)", "higher", ("consistency", "mean_fraction_matched")),
+    ("synthetic recovered > 0.9", "higher", ("synthetic", "fraction_recovered")),
+    ("synthetic MMCS", "higher", ("synthetic", "mean_max_cosine")),
 )
 
 
@@ -132,3 +135,44 @@ def evaluation_rows(path: str | Path) -> list[tuple[str, str]]:
         elif isinstance(value, str):
             rows.append((label, value))
     return rows
+
+
+SECTION_ORDER = ("reconstruction", "geometry", "dark_matter", "sparse_probing", "tpp", "scr",
+                 "absorption", "consistency", "synthetic")
+BESIDE_NAME = "bench.json"
+"""The record `run_bench` also writes into each dictionary's folder, where the report finds
+it."""
+
+
+def _scalars(section: dict[str, Any]) -> list[tuple[str, float | str]]:
+    """A section's own numbers and strings (nested per-task/per-letter detail left out)."""
+    rows: list[tuple[str, float | str]] = []
+    for key, value in section.items():
+        if key in ("seconds", "cpu_seconds", "cached", "loadavg") or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            rows.append((key, float(value)))
+        elif isinstance(value, str):
+            rows.append((key, value))
+    return rows
+
+
+def evaluation_section(path: str | Path) -> dict[str, Any]:
+    """What the HTML report's evaluation section shows for a bench (or eval) JSON: the
+    headline rows (`evaluation_rows`) and, per metric section that ran, its own numbers or
+    the reason it was skipped, with the seconds it took."""
+    from sparselens.evaluation.results import read_results
+
+    record = read_results(path)
+    seconds = (record.get("bench") or {}).get("seconds") or {}
+    sections = []
+    for name in SECTION_ORDER:
+        section = record.get(name)
+        if not isinstance(section, dict):
+            continue
+        suite = "probing" if name == "sparse_probing" else name
+        sections.append({"name": name, "skipped": section.get("skipped"),
+                         "rows": [] if "skipped" in section else _scalars(section),
+                         "seconds": seconds.get(suite)})
+    return {"file": str(Path(path).resolve()), "headline": evaluation_rows(path),
+            "sections": sections}

@@ -79,12 +79,15 @@ def position_features(lens: Lens, name: str, sequences: Sequence[Sequence[int]],
     """Codes and input activations at one position (counted from the start) of each sequence."""
     if len(sequences) != len(positions):
         raise ValueError(f"{len(sequences)} sequences but {len(positions)} positions")
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # less padding
     codes, acts = [], []
     for start in _batches(len(sequences), batch_size, progress, desc):
-        chunk = sequences[start:start + batch_size]
-        enc = lens.encode(_grid(lens, chunk), name)
-        rows = torch.arange(len(chunk))
-        where = torch.tensor(list(positions[start:start + batch_size]))
+        chosen = order[start:start + batch_size]
+        enc = lens.encode(_grid(lens, [sequences[i] for i in chosen]), name)
+        rows = torch.arange(len(chosen))
+        where = torch.tensor([positions[i] for i in chosen])
         codes.append(enc.codes[name].dense()[rows, where].float().cpu())
         acts.append(enc.activations[name][rows, where].float().cpu())
-    return PooledFeatures(torch.cat(codes), torch.cat(acts))
+    inverse = torch.empty(len(sequences), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(sequences))
+    return PooledFeatures(torch.cat(codes)[inverse], torch.cat(acts)[inverse])

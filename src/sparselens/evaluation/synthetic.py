@@ -25,6 +25,7 @@ same miss rate on tokens where the parent is active alone (the latent's ordinary
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -253,3 +254,54 @@ def score_synthetic(features: SyntheticFeatures, dictionary, *, n_tokens: int = 
             "absorption": hierarchy_absorption(features, dictionary.W_dec, codes, coefficients),
             "l0": float((codes != 0).sum(1).double().mean()), "fvu": fvu,
             "true_l0": float((coefficients != 0).sum(1).double().mean())}
+
+
+SIZE_FIELDS = frozenset({"group_sizes", "k_aux", "compose"})
+"""Variant fields tied to the real dictionary's width; the synthetic run uses their defaults."""
+
+
+def synthetic_settings(architecture: str, cfg: object,
+                       expected_l0: float) -> tuple[dict[str, object], dict[str, object]]:
+    """The variant's own config fields of a trained dictionary, for a synthetic run.
+
+    Widths, hookpoints and scales are the synthetic data's; fields tied to the width
+    (`SIZE_FIELDS`) take their defaults; a ``k`` becomes the synthetic data's right k (the
+    integer above its true mean L0), since the dictionary's k was chosen for another density.
+    Returns ``(settings, notes)``; notes record what was replaced.
+    """
+    from sparselens.dictionaries import REGISTRY
+    from sparselens.dictionaries.base import DictionaryConfig
+
+    if architecture not in REGISTRY:
+        raise ValueError(f"architecture {architecture!r} is not in the registry; synthetic "
+                         "recovery trains it anew")
+    common = {f.name for f in dataclasses.fields(DictionaryConfig)}
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
+    own = {f.name for f in dataclasses.fields(REGISTRY[architecture].config_class)}
+    settings = {k: v for k, v in values.items()
+                if k in own and k not in common and k not in SIZE_FIELDS}
+    notes: dict[str, object] = {"dropped_size_fields": sorted(SIZE_FIELDS & set(values))}
+    if "k" in settings:
+        notes["dictionary_k"] = settings["k"]
+        settings["k"] = math.ceil(expected_l0)
+    return settings, notes
+
+
+def recovery_of_architecture(architecture: str, dictionary_cfg: object, *, n_tokens: int,
+                             n_latents: int = 512, batch_size: int = 2048,
+                             cfg: SyntheticConfig | None = None,
+                             seed: int = 0) -> dict[str, object]:
+    """Train `architecture` with the variant settings of `dictionary_cfg` on synthetic data
+    and score it (the bench's ``synthetic`` suite)."""
+    d_in, d_out = getattr(dictionary_cfg, "d_in", None), getattr(dictionary_cfg, "d_out", None)
+    if d_out is not None and d_out != d_in:
+        raise ValueError("synthetic recovery is defined for autoencoders (d_out == d_in)")
+    features = SyntheticFeatures(cfg or SyntheticConfig())
+    settings, notes = synthetic_settings(architecture, dictionary_cfg, features.expected_l0)
+    torch.manual_seed(seed)
+    trained = train_synthetic(features, architecture, settings, n_latents=n_latents,
+                              n_tokens=n_tokens, batch_size=batch_size, seed=seed)
+    return {"architecture": architecture, "settings": settings, **notes,
+            "n_latents": n_latents, "n_tokens": n_tokens,
+            "expected_l0": features.expected_l0,
+            "data": dataclasses.asdict(features.cfg), **score_synthetic(features, trained)}

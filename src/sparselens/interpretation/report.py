@@ -31,6 +31,7 @@ from sparselens.interpretation.plots import (
     training_curves_png,
 )
 from sparselens.interpretation.report_data import build_report_data
+from sparselens.interpretation.report_evaluation import evaluation_payload
 from sparselens.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 DATA_VARIABLE = "SPARSELENS_REPORT"
@@ -45,6 +46,7 @@ def render_index(title: str) -> str:
     page = _asset("report.html")
     for marker, value in (("{{STYLE}}", _asset("report.css")),
                           ("{{SCRIPT}}", _asset("images.js") + _asset("report.js")),
+                          ("{{EVALUATION_SCRIPT}}", _asset("report_evaluation.js")),
                           ("{{TITLE}}", html.escape(title))):
         page = page.replace(marker, value)
     return page
@@ -79,12 +81,14 @@ def write_report(out_dir: str | os.PathLike, *, dictionary: Dictionary,
                  examples: FeatureExamples, tokens: Tensor, tokenizer: object,
                  metrics: Mapping[str, Any], train_log_path: str | os.PathLike | None = None,
                  title: str = "sparselens report",
-                 image_examples: ImageExamples | None = None) -> Path:
+                 image_examples: ImageExamples | None = None,
+                 evaluation: Mapping[str, Any] | None = None) -> Path:
     """Write ``index.html``, ``data.js``, ``metrics.json`` and the plots into `out_dir`.
 
     `tokens` is the ``(n_sequences, context_len)`` token table of the data the examples were
     collected from (``ActivationCache.tokens()``). `image_examples` (an image cache's top
     images, `image_examples.collect_image_heatmaps`) adds pictures with heat maps.
+    `evaluation`: the evaluation section's data (`evaluation_payload`), or None for none.
     Returns the path of ``index.html``.
     """
     if examples.n_features != dictionary.cfg.n_latents:
@@ -102,6 +106,7 @@ def write_report(out_dir: str | os.PathLike, *, dictionary: Dictionary,
                              **dictionary_meta(dictionary)}, metrics=metrics, plots=plots)
     if image_examples is not None:
         data["images"] = write_image_section(out, image_examples)
+    data["evaluation"] = evaluation_payload(evaluation)
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
     atomic_write_text(out / "data.js", f"window.{DATA_VARIABLE} = {payload};\n")
     atomic_write_text(out / "index.html", render_index(title))

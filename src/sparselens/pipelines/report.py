@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from sparselens.data.cache import ActivationCache
 from sparselens.data.factory import split_batches
+from sparselens.evaluation.bench_page import BESIDE_NAME, evaluation_section
 from sparselens.interpretation.examples import FeatureExamples, collect_examples
 from sparselens.interpretation.image_examples import collect_image_heatmaps, is_image_corpus
 from sparselens.interpretation.image_report import PatchTokenizer
@@ -45,6 +46,9 @@ class ReportConfig:
     """Tokens shown after each example token."""
     metrics: str | None = None
     """Evaluation JSON for the header; None: CHECKPOINT/eval.json when it exists."""
+    bench: str | None = None
+    """`sparselens bench` JSON for the evaluation section; None: CHECKPOINT/bench.json (which
+    the bench writes beside the dictionary) when it exists, else no section."""
     train_log: str | None = None
     """Trainer metrics JSONL for the training curves; None: the run's metrics.jsonl if any."""
     tokenizer: str | None = None
@@ -88,7 +92,8 @@ def write_feature_report(cfg: ReportConfig) -> ReportResult:
                          train_log_path=_optional_file(cfg.train_log, _run_folder(checkpoint)
                                                        / "metrics.jsonl"),
                          title=cfg.title or f"{dictionary.architecture} on {sites.input}",
-                         image_examples=images)
+                         image_examples=images,
+                         evaluation=_evaluation(cfg.bench, checkpoint))
     examples.save(out)
     if images is not None:
         images.save(out)
@@ -122,3 +127,14 @@ def _metrics(given: str | None, checkpoint: Path) -> dict[str, Any]:
         raise ValueError(f"metrics file {path} must hold a JSON object, e.g. the output of "
                          "`sparselens eval`")
     return metrics
+
+
+def _evaluation(given: str | None, checkpoint: Path) -> dict[str, Any] | None:
+    """The report's evaluation section from the bench JSON, if there is one."""
+    path = _optional_file(given, checkpoint / BESIDE_NAME)
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"bench results {path} do not exist; run `sparselens bench` "
+                                "or leave out --bench")
+    return evaluation_section(path)
