@@ -396,3 +396,31 @@ def test_config_round_trips_and_refuses_unknown_keys() -> None:
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown OptimConfig field"):
         TrainConfig.from_dict({"optim": {"learning_rate": 1.0}})
+
+
+def test_a_run_ending_with_fvu_above_one_says_so_loudly(tmp_path: Path, capsys) -> None:
+    """The trainer keeps the recent training FVU; a run that ends above 1 prints a WARNING and
+    records it with the saved dictionary. Forced here by negating the reconstruction the loss
+    sees (FVU ≈ ||x + x̂||² / var > 1); a healthy run records FVU < 1 and no warning."""
+    good = Trainer(config(steps=30), synthetic_data(offset=0.3), tmp_path / "good")
+    good.fit()
+    summary = json.loads((tmp_path / "good" / "config.json").read_text())["training"]
+    assert summary["fvu_above_one"] is False and summary["warnings"] == []
+    assert 0 < summary["final_train_fvu"] < 1
+    assert "WARNING" not in capsys.readouterr().err
+
+    bad = Trainer(config(steps=5, optim=OptimConfig(lr=1e-12)), synthetic_data(offset=0.3),
+                  tmp_path / "bad")
+    original = bad.dictionary.training_loss
+
+    def negated(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.recon = -out.recon
+        return out
+
+    bad.dictionary.training_loss = negated
+    bad.fit()
+    assert bad.recent_fvu > 1
+    assert "WARNING: training FVU" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "bad" / "config.json").read_text())["training"]
+    assert summary["fvu_above_one"] is True and "above 1" in summary["warnings"][0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -116,6 +117,8 @@ class Trainer:
         self.running = RunningMetrics()
         self.lr = 0.0
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        # training FVU over about the last 20 steps (NaN before the first), kept on the device
+        self._recent_fvu = torch.full((), torch.nan, dtype=torch.float32, device=self.device)
         self._clock = (time.perf_counter(), 0)
         self._checked = 0
         self.failed: NonFiniteLoss | None = None
@@ -194,9 +197,30 @@ class Trainer:
         self._after_step(log)
 
     def finish(self, log: MetricsLog) -> None:
-        """Called by the loop at the end: the last metrics, the final checkpoint and files."""
+        """Called by the loop at the end: the last metrics, the final checkpoint and files. A
+        run whose recent training FVU is above 1 says so loudly (the output and the summary
+        saved with the dictionary): it reconstructs worse than the batch mean."""
         self._report(log)
+        warning = self.fvu_warning()
+        if warning is not None:
+            log.message(f"WARNING: {warning}")
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
         self.save()
+
+    @property
+    def recent_fvu(self) -> float:
+        """Training FVU averaged over about the last 20 steps (NaN before any step)."""
+        return float(self._recent_fvu)
+
+    def fvu_warning(self) -> str | None:
+        """The message for a run that ends with training FVU above 1, else None."""
+        fvu = self.recent_fvu
+        if not fvu > 1.0:
+            return None
+        return (f"training FVU {fvu:.3f} (last ~20 steps) is above 1 at the end of the run: "
+                f"this {self.cfg.architecture} dictionary reconstructs worse than the mean. "
+                "Massive-norm tokens are the usual cause (docs/dictionaries.md, "
+                "'Massive-activation tokens'); evaluate it before use")
 
     def _check(self, batch: ActivationBatch) -> None:
         self.sites = self.sites or pick_sites(self.cfg, batch)
@@ -286,8 +310,12 @@ class Trainer:
         self.dead.update(dp.fired_on_any_rank(fired), dp.global_rows(rows))
         recon = out.recon.detach()
         variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-30)
+        fvu = ((recon - target).pow(2).sum() / variance).float()
+        self._recent_fvu.copy_(torch.where(torch.isnan(self._recent_fvu), fvu,
+                                           RECENT_FVU_DECAY * self._recent_fvu
+                                           + (1 - RECENT_FVU_DECAY) * fvu))
         metrics = {"loss": out.loss, **out.terms,
-                   "fvu": (recon - target).pow(2).sum() / variance,
+                   "fvu": fvu,
                    "l0": l0,
                    "dead_fraction": ctx.dead_mask.float().mean()}  # type: ignore[union-attr]
         if grad_norm is not None:
@@ -371,12 +399,20 @@ class Trainer:
         if self.out_dir is None:
             return
         self.save_checkpoint()
+        warning = self.fvu_warning()
         summary = {"steps": self.progress.step, "tokens_seen": self.progress.tokens_seen,
+                   "final_train_fvu": None if math.isnan(self.recent_fvu) else self.recent_fvu,
+                   "fvu_above_one": warning is not None,
+                   "warnings": [warning] if warning else [],
                    "train_config": self.cfg.to_dict()}
         if dp.is_main_process():
             save_dictionary(self.dictionary, self.out_dir, extra={"training": summary})
             atomic_write_json(self.out_dir / "train_config.json", self.cfg.to_dict())
         dp.barrier()
+
+
+RECENT_FVU_DECAY = 0.95
+"""Decay of the running training FVU that the end-of-run check reads (about 20 steps)."""
 
 
 def _activity(out: LossOutput, n_latents: int) -> tuple[Tensor, Tensor]:
