@@ -107,10 +107,12 @@ def level_settings(name: str, level: int, index: int,
 
 
 def open_cache(path: Path, sizes: Sizes, hookpoints: list[str],
-               loaded: LoadedModel) -> ActivationCache:
+               loaded: LoadedModel, allow_incomplete: bool = False) -> ActivationCache:
     """The activation cache at `path`, harvested first if it is missing or incomplete."""
     manifest = path / "manifest.json"
-    if not (manifest.exists() and json.loads(manifest.read_text()).get("complete")):
+    if allow_incomplete and manifest.exists():  # the finished shards of a partial harvest
+        cache = ActivationCache.open(path, allow_incomplete=True)
+    elif not (manifest.exists() and json.loads(manifest.read_text()).get("complete")):
         from sparselens.data.chunking import chunk_texts
         from sparselens.data.corpus import CorpusConfig, iter_texts
         from sparselens.data.harvest import HarvestConfig, harvest
@@ -119,7 +121,9 @@ def open_cache(path: Path, sizes: Sizes, hookpoints: list[str],
         needed = 2 * sizes.harvest_tokens // sizes.context_len + 1
         harvest(loaded, islice(chunks, needed), hookpoints, path,
                 HarvestConfig(max_tokens=sizes.harvest_tokens, progress=False))
-    cache = ActivationCache.open(path)
+        cache = ActivationCache.open(path)
+    else:
+        cache = ActivationCache.open(path)
     missing = sorted(set(hookpoints) - set(cache.hookpoints))
     if missing:
         raise SystemExit(f"{path} holds {cache.hookpoints}, not {missing}; pass another --cache")
@@ -127,14 +131,15 @@ def open_cache(path: Path, sizes: Sizes, hookpoints: list[str],
 
 
 def train_group(members: list[tuple[str, dict[str, Any]]], cache: ActivationCache,
-                hookpoint: str, sizes: Sizes) -> list[tuple[Dictionary | None, float]]:
+                hookpoint: str, sizes: Sizes, seed: int = 0
+                ) -> list[tuple[Dictionary | None, float]]:
     """Train several variants from one read of the data (`together.fit_together`, the sweep
     machinery): every batch is read once and handed to each trainer in turn, so their
     throughputs are measured under the same load. Returns each member's dictionary (None if
     its loss went non-finite) and the seconds its own training steps took."""
     configs = [TrainConfig(architecture=name, n_latents=sizes.n_latents, dictionary=settings,
                            hookpoint=hookpoint, n_tokens=sizes.train_tokens,
-                           batch_size=sizes.batch_size, optim=OptimConfig(),
+                           batch_size=sizes.batch_size, optim=OptimConfig(), seed=seed,
                            checkpoint=CheckpointConfig(every_steps=0),
                            log=LogConfig(progress=False, every_steps=10_000))
                for name, settings in members]
@@ -169,9 +174,13 @@ def evaluate(dictionary: Dictionary, cache: ActivationCache, loaded: LoadedModel
     recon = reconstruction_metrics(dictionary, batches, hookpoint)
     for warning in recon["warnings"]:
         print(f"WARNING: {dictionary.architecture} at {hookpoint}: {warning}", flush=True)
-    heldout = cache.tokens()[cache.is_heldout(torch.arange(cache.n_sequences))]
-    sequences = list(heldout[: sizes.spliced_sequences])
-    spliced = spliced_metrics(dictionary, loaded, hookpoint, sequences)
+    if sizes.spliced_sequences == 0:  # not measured (too slow for a loaded machine)
+        spliced = dict.fromkeys(("loss_recovered", "ce_clean", "ce_spliced", "kl_spliced"),
+                                float("nan"))
+    else:
+        heldout = cache.tokens()[cache.is_heldout(torch.arange(cache.n_sequences))]
+        sequences = list(heldout[: sizes.spliced_sequences])
+        spliced = spliced_metrics(dictionary, loaded, hookpoint, sequences)
     return {"l0": recon["l0"], "fvu": recon["fvu"], "fvu_above_one": recon["fvu_above_one"],
             "dead_fraction": recon["dead_fraction"],
             "loss_recovered": spliced["loss_recovered"], "ce_clean": spliced["ce_clean"],
@@ -351,6 +360,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--mdl-coefs", type=float, nargs="+", default=None,
                         help="MDL's λ per level (sparsest first) instead of MDL_COEFS")
+    parser.add_argument("--spliced-levels", type=int, nargs="*", default=None,
+                        help="measure loss recovered only at these levels (default: all)")
+    parser.add_argument("--spliced-sequences", type=int, default=None,
+                        help="held-out sequences for loss recovered instead of the preset's")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="use the finished shards of an unfinished --cache as they are")
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs of <out>.partial.json and train only the missing "
                              "ones")
@@ -362,7 +377,8 @@ def main() -> None:
     if args.levels:
         sizes = dataclasses.replace(sizes, levels=tuple(args.levels))
     for field, value in (("n_latents", args.n_latents), ("train_tokens", args.train_tokens),
-                         ("batch_size", args.batch_size)):
+                         ("batch_size", args.batch_size),
+                         ("spliced_sequences", args.spliced_sequences)):
         if value is not None:
             sizes = dataclasses.replace(sizes, **{field: value})
     tag = ("family_quick" if args.quick else "family_small" if args.small
@@ -378,22 +394,24 @@ def main() -> None:
         return
     torch.manual_seed(0)
     loaded = load_model(MODEL, dtype="float32")
-    cache = open_cache(cache_path, sizes, args.hookpoints, loaded)
+    cache = open_cache(cache_path, sizes, args.hookpoints, loaded, args.allow_incomplete)
+    args.cache_tokens = {"train": cache.n_rows("train"), "heldout": cache.n_rows("heldout")}
     partial = out.with_suffix(".partial.json")
     runs = json.loads(partial.read_text())["runs"] if args.resume and partial.exists() else []
     done = {run_key(r) for r in runs}
     mdl_coefs = tuple(args.mdl_coefs) if args.mdl_coefs else MDL_COEFS
     for hookpoint in args.hookpoints:
-        for index, level in enumerate(sizes.levels):
+        for level in dict.fromkeys(sizes.levels):  # one group per distinct level
             members = []
-            for name in args.variants:
-                if name in args.one_level and index != len(sizes.levels) // 2:
-                    continue
-                settings = level_settings(name, level, index, mdl_coefs)
-                key = run_key({"variant": name, "hookpoint": hookpoint, "level": level,
-                               "settings": settings})
-                if key not in done:
-                    members.append((name, settings))
+            for index in (i for i, v in enumerate(sizes.levels) if v == level):
+                for name in args.variants:
+                    if name in args.one_level and index != len(sizes.levels) // 2:
+                        continue
+                    settings = level_settings(name, level, index, mdl_coefs)
+                    key = run_key({"variant": name, "hookpoint": hookpoint, "level": level,
+                                   "settings": settings})
+                    if key not in done and (name, settings) not in members:
+                        members.append((name, settings))
             if not members:
                 continue
             started_group = time.perf_counter()
@@ -404,7 +422,9 @@ def main() -> None:
             for (name, settings), (dictionary, seconds) in zip(members, trained):
                 if dictionary is None:
                     continue
-                metrics = evaluate(dictionary, cache, loaded, hookpoint, sizes)
+                spliced = level in (args.spliced_levels or sizes.levels)
+                metrics = evaluate(dictionary, cache, loaded, hookpoint, sizes if spliced
+                                   else dataclasses.replace(sizes, spliced_sequences=0))
                 runs.append({"variant": name, "hookpoint": hookpoint, "level": level,
                              "settings": settings, "n_latents": sizes.n_latents,
                              "train_tokens": sizes.train_tokens, "train_seconds": seconds,
@@ -428,6 +448,7 @@ def finish(runs: list[dict[str, Any]], encoder: dict[str, float], args: argparse
     print_table(runs)
     print_added(runs, encoder)
     record = {"model": MODEL, "hookpoints": args.hookpoints, "cache": str(cache_path),
+              "cache_tokens": getattr(args, "cache_tokens", None),
               "sizes": sizes.__dict__, "runs": runs, "encoder_seconds_2048_tokens": encoder,
               "finite": all(math.isfinite(r["fvu"]) for r in runs),
               "wall_seconds": time.perf_counter() - started,

@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    cache = ActivationCache.open(args.cache)
+    cache = ActivationCache.open(args.cache, allow_incomplete=True)
     hookpoints = args.hookpoints or sorted(
         (h for h in cache.hookpoints if h.startswith("resid.")),
         key=lambda h: int(h.split(".")[-1]))
@@ -106,6 +106,8 @@ def main() -> None:
               f"{max(r['fvu'] for r in runs if r['hookpoint'] == hookpoint):.3f}", flush=True)
         atomic_write_json(args.out, {
             "model": "gemma-3-270m", "cache": str(args.cache), "hookpoints": hookpoints,
+            "cache_train_tokens": cache.n_rows("train"),
+            "cache_heldout_tokens": cache.n_rows("heldout"),
             "n_latents": sizes.n_latents, "train_tokens": sizes.train_tokens,
             "batch_size": sizes.batch_size, "settings": "each variant's defaults",
             "runs": runs, "any_fvu_above_one": any(r["fvu_above_one"] for r in runs),

@@ -11,10 +11,13 @@ not depend on training):
 - ``kron_dense``: `KronSAE.pre_acts` (mAND as one multiply of the factor roots) + top-k over F.
 - ``kron_sparse``: `KronSAE.top_latents`, which never forms the F latents (top-k over
   h·m·min(k, n) candidates).
+- ``topk_gemm`` and ``kron_gemm``: the GEMMs alone (x -> F pre-activations; x -> the h(m+n)
+  factors), to separate the part the factorisation shrinks from the selection.
 
 FLOPs are counted analytically (2 per multiply-add of the GEMMs, 1 per product of mAND).
-Timings: median of `--repeats`, one thread (the machine is shared; one thread is the least
-disturbed measurement), with the load average recorded. Writes
+Timings: median of `--repeats` (the paths take turns in every repeat), one thread (the
+machine is shared; one thread is the least disturbed measurement), with the load average
+recorded. Writes
 ``benchmarks/results/kron_encoder.json``.
 """
 
@@ -43,14 +46,18 @@ def old_mand(p: Tensor, q: Tensor) -> Tensor:
     return torch.where(both, product.clamp_min(1e-12).sqrt(), product)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def median_seconds(paths: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median time of each path; the paths take turns within every repeat, so a change of
+    the machine's load during the measurement hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for fn in paths.values():
+        fn()  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 @torch.no_grad()
@@ -72,7 +79,10 @@ def measure(d: int, n_latents: int, tokens: int, k: int, base: int, compose: int
         "kron_dense": lambda: kron.pre_acts(x).topk(k, dim=-1, sorted=False),
         "kron_sparse": lambda: kron.top_latents(x),
     }
-    seconds = {name: median_seconds(fn, repeats) for name, fn in paths.items()}
+    # the GEMM alone (the part the factorisation shrinks), for the breakdown
+    paths["topk_gemm"] = lambda: topk.pre_acts(x)
+    paths["kron_gemm"] = lambda: kron.factors(x)
+    seconds = median_seconds(paths, repeats)
     r = min(k, compose)
     flops = {"topk": 2 * tokens * d * n_latents,
              "kron_dense": 2 * tokens * d * h * (base + compose) + tokens * n_latents,
