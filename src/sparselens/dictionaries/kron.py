@@ -13,8 +13,9 @@ follow, as in a TopK SAE (AuxK included). The encoder GEMM costs h(m+n)·d per t
 F·d: with the defaults m = 4, n = 64 that is (m+n)/(m·n) = 27% of a TopK encoder.
 *Reading of the paper*: the square root keeps z on the scale of its factors (the paper's
 "magnitude-preserving" AND), computed as sqrt(p)·sqrt(q) on the factors. Inference (`encode`)
-never forms the F latents: `top_latents` picks the k largest from h·m·min(k, n) candidates. *Ours*: decoder
-atoms start along w_p + w_q of their two factors (TopK's tied start has no analogue here).
+never forms the F latents: `top_latents` picks the k largest from h·m·min(k, n) candidates.
+*Ours*: decoder atoms start along w_p + w_q of their two factors (TopK's tied start has no
+analogue here).
 """
 
 from __future__ import annotations
