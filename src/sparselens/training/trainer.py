@@ -117,8 +117,10 @@ class Trainer:
         self.running = RunningMetrics()
         self.lr = 0.0
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
-        # training FVU over about the last 20 steps (NaN before the first), kept on the device
-        self._recent_fvu = torch.full((), torch.nan, dtype=torch.float32, device=self.device)
+        # the training FVU of the last RECENT_FVU_STEPS steps (a ring on the device: no sync)
+        self._fvu_ring = torch.full((RECENT_FVU_STEPS,), torch.nan, dtype=torch.float32,
+                                    device=self.device)
+        self._fvu_count = 0
         self._clock = (time.perf_counter(), 0)
         self._checked = 0
         self.failed: NonFiniteLoss | None = None
@@ -209,15 +211,22 @@ class Trainer:
 
     @property
     def recent_fvu(self) -> float:
-        """Training FVU averaged over about the last 20 steps (NaN before any step)."""
-        return float(self._recent_fvu)
+        """Mean training FVU of the last quarter of this process's steps, at most the last
+        RECENT_FVU_STEPS (NaN before any step): the end of the run, not its start."""
+        count = self._fvu_count
+        if count == 0:
+            return float("nan")
+        n = min(RECENT_FVU_STEPS, max(1, math.ceil(count / 4)))
+        slots = [(count - 1 - i) % RECENT_FVU_STEPS for i in range(n)]
+        return float(self._fvu_ring[slots].mean())
 
     def fvu_warning(self) -> str | None:
         """The message for a run that ends with training FVU above 1, else None."""
         fvu = self.recent_fvu
         if not fvu > 1.0:
             return None
-        return (f"training FVU {fvu:.3f} (last ~20 steps) is above 1 at the end of the run: "
+        return (f"training FVU {fvu:.3f} (mean of the last steps) is above 1 at the end of the "
+                "run: "
                 f"this {self.cfg.architecture} dictionary reconstructs worse than the mean. "
                 "Massive-norm tokens are the usual cause (docs/dictionaries.md, "
                 "'Massive-activation tokens'); evaluate it before use")
@@ -311,9 +320,8 @@ class Trainer:
         recon = out.recon.detach()
         variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-30)
         fvu = ((recon - target).pow(2).sum() / variance).float()
-        self._recent_fvu.copy_(torch.where(torch.isnan(self._recent_fvu), fvu,
-                                           RECENT_FVU_DECAY * self._recent_fvu
-                                           + (1 - RECENT_FVU_DECAY) * fvu))
+        self._fvu_ring[self._fvu_count % RECENT_FVU_STEPS] = fvu
+        self._fvu_count += 1
         metrics = {"loss": out.loss, **out.terms,
                    "fvu": fvu,
                    "l0": l0,
@@ -411,8 +419,9 @@ class Trainer:
         dp.barrier()
 
 
-RECENT_FVU_DECAY = 0.95
-"""Decay of the running training FVU that the end-of-run check reads (about 20 steps)."""
+RECENT_FVU_STEPS = 20
+"""The end-of-run FVU check reads the mean training FVU of the last quarter of the steps, at
+most this many (an average from the start would carry the first steps' FVU in short runs)."""
 
 
 def _activity(out: LossOutput, n_latents: int) -> tuple[Tensor, Tensor]:
