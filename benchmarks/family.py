@@ -51,6 +51,7 @@ from sparselens.evaluation.spliced import spliced_metrics
 from sparselens.io.atomic import atomic_open, atomic_write_json
 from sparselens.models.source import LoadedModel, cache_dir, load_model
 from sparselens.training.config import CheckpointConfig, LogConfig, OptimConfig, TrainConfig
+from sparselens.training.together import NonFiniteLoss, fit_together
 from sparselens.training.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -93,22 +94,25 @@ MEDIUM = Sizes(200_000, 128, 4096, 400_000, 2048, (16, 32, 64), 8)
 QUICK = Sizes(6_000, 64, 256, 8_192, 512, (16,), 1)
 
 
-def level_settings(name: str, level: int, index: int) -> dict[str, Any]:
+def level_settings(name: str, level: int, index: int,
+                   mdl_coefs: tuple[float, ...] = MDL_COEFS) -> dict[str, Any]:
     """The variant's config fields for the `index`-th sparsity level (L0 ≈ `level`)."""
     if name in K_SPARSE:
         return {"k": level}
     if name == "mdl":
-        return {"k": level, "sparsity_coef": MDL_COEFS[index % len(MDL_COEFS)]}
+        return {"k": level, "sparsity_coef": mdl_coefs[index % len(mdl_coefs)]}
     if name == "top_afa":
         return {"afa_coef": AFA_COEFS[index % len(AFA_COEFS)]}
     return {"sparsity_coef": L1_COEFS[name][index % len(L1_COEFS[name])]}
 
 
 def open_cache(path: Path, sizes: Sizes, hookpoints: list[str],
-               loaded: LoadedModel) -> ActivationCache:
+               loaded: LoadedModel, allow_incomplete: bool = False) -> ActivationCache:
     """The activation cache at `path`, harvested first if it is missing or incomplete."""
     manifest = path / "manifest.json"
-    if not (manifest.exists() and json.loads(manifest.read_text()).get("complete")):
+    if allow_incomplete and manifest.exists():  # the finished shards of a partial harvest
+        cache = ActivationCache.open(path, allow_incomplete=True)
+    elif not (manifest.exists() and json.loads(manifest.read_text()).get("complete")):
         from sparselens.data.chunking import chunk_texts
         from sparselens.data.corpus import CorpusConfig, iter_texts
         from sparselens.data.harvest import HarvestConfig, harvest
@@ -117,24 +121,50 @@ def open_cache(path: Path, sizes: Sizes, hookpoints: list[str],
         needed = 2 * sizes.harvest_tokens // sizes.context_len + 1
         harvest(loaded, islice(chunks, needed), hookpoints, path,
                 HarvestConfig(max_tokens=sizes.harvest_tokens, progress=False))
-    cache = ActivationCache.open(path)
+        cache = ActivationCache.open(path)
+    else:
+        cache = ActivationCache.open(path)
     missing = sorted(set(hookpoints) - set(cache.hookpoints))
     if missing:
         raise SystemExit(f"{path} holds {cache.hookpoints}, not {missing}; pass another --cache")
     return cache
 
 
-def train(name: str, settings: dict[str, Any], cache: ActivationCache, hookpoint: str,
-          sizes: Sizes) -> tuple[Dictionary, float]:
-    cfg = TrainConfig(architecture=name, n_latents=sizes.n_latents, dictionary=settings,
-                      hookpoint=hookpoint, n_tokens=sizes.train_tokens,
-                      batch_size=sizes.batch_size, optim=OptimConfig(),
-                      checkpoint=CheckpointConfig(every_steps=0),
-                      log=LogConfig(progress=False, every_steps=10_000))
-    start = time.perf_counter()
-    data = training_data(cache, Sites.from_cache(cache, cfg), cfg.batch_size, cfg.seed)
-    dictionary = Trainer(cfg, data).fit()
-    return dictionary, time.perf_counter() - start
+def train_group(members: list[tuple[str, dict[str, Any]]], cache: ActivationCache,
+                hookpoint: str, sizes: Sizes, seed: int = 0
+                ) -> list[tuple[Dictionary | None, float]]:
+    """Train several variants from one read of the data (`together.fit_together`, the sweep
+    machinery): every batch is read once and handed to each trainer in turn, so their
+    throughputs are measured under the same load. Returns each member's dictionary (None if
+    its loss went non-finite) and the seconds its own training steps took."""
+    configs = [TrainConfig(architecture=name, n_latents=sizes.n_latents, dictionary=settings,
+                           hookpoint=hookpoint, n_tokens=sizes.train_tokens,
+                           batch_size=sizes.batch_size, optim=OptimConfig(), seed=seed,
+                           checkpoint=CheckpointConfig(every_steps=0),
+                           log=LogConfig(progress=False, every_steps=10_000))
+               for name, settings in members]
+    data = training_data(cache, Sites.from_cache(cache, configs[0]), sizes.batch_size,
+                         configs[0].seed)
+    trainers = [Trainer(cfg, data) for cfg in configs]
+    seconds = [0.0] * len(trainers)
+    for i, trainer in enumerate(trainers):
+        def timed(*args: Any, _step: Any = trainer.step, _i: int = i) -> None:
+            start = time.perf_counter()
+            _step(*args)
+            seconds[_i] += time.perf_counter() - start
+        trainer.step = timed  # type: ignore[method-assign]
+    names = [f"{name} {settings}" for name, settings in members]
+    try:
+        fit_together(trainers, names)
+    except NonFiniteLoss as err:
+        print(f"WARNING: {err}", flush=True)
+    return [(None if t.failed is not None else t.dictionary, s)
+            for t, s in zip(trainers, seconds)]
+
+
+def run_key(run: dict[str, Any]) -> str:
+    return json.dumps([run["variant"], run["hookpoint"], run["level"], run["settings"]],
+                      sort_keys=True)
 
 
 def evaluate(dictionary: Dictionary, cache: ActivationCache, loaded: LoadedModel,
@@ -144,9 +174,13 @@ def evaluate(dictionary: Dictionary, cache: ActivationCache, loaded: LoadedModel
     recon = reconstruction_metrics(dictionary, batches, hookpoint)
     for warning in recon["warnings"]:
         print(f"WARNING: {dictionary.architecture} at {hookpoint}: {warning}", flush=True)
-    heldout = cache.tokens()[cache.is_heldout(torch.arange(cache.n_sequences))]
-    sequences = list(heldout[: sizes.spliced_sequences])
-    spliced = spliced_metrics(dictionary, loaded, hookpoint, sequences)
+    if sizes.spliced_sequences == 0:  # not measured (too slow for a loaded machine)
+        spliced = dict.fromkeys(("loss_recovered", "ce_clean", "ce_spliced", "kl_spliced"),
+                                float("nan"))
+    else:
+        heldout = cache.tokens()[cache.is_heldout(torch.arange(cache.n_sequences))]
+        sequences = list(heldout[: sizes.spliced_sequences])
+        spliced = spliced_metrics(dictionary, loaded, hookpoint, sequences)
     return {"l0": recon["l0"], "fvu": recon["fvu"], "fvu_above_one": recon["fvu_above_one"],
             "dead_fraction": recon["dead_fraction"],
             "loss_recovered": spliced["loss_recovered"], "ce_clean": spliced["ce_clean"],
@@ -319,6 +353,22 @@ def main() -> None:
     parser.add_argument("--one-level", nargs="*", default=[], choices=sorted(REGISTRY),
                         help="variants trained at the middle level only (to save time)")
     parser.add_argument("--out", type=Path, default=None, help="results path without suffix")
+    parser.add_argument("--n-latents", type=int, default=None, help="width instead of the "
+                        "preset's")
+    parser.add_argument("--train-tokens", type=int, default=None,
+                        help="training tokens per dictionary instead of the preset's")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--mdl-coefs", type=float, nargs="+", default=None,
+                        help="MDL's λ per level (sparsest first) instead of MDL_COEFS")
+    parser.add_argument("--spliced-levels", type=int, nargs="*", default=None,
+                        help="measure loss recovered only at these levels (default: all)")
+    parser.add_argument("--spliced-sequences", type=int, default=None,
+                        help="held-out sequences for loss recovered instead of the preset's")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="use the finished shards of an unfinished --cache as they are")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of <out>.partial.json and train only the missing "
+                             "ones")
     parser.add_argument("--from-partial", type=Path, default=None,
                         help="finish from the .partial.json of an interrupted run (no training)")
     args = parser.parse_args()
@@ -326,6 +376,11 @@ def main() -> None:
              else FULL)
     if args.levels:
         sizes = dataclasses.replace(sizes, levels=tuple(args.levels))
+    for field, value in (("n_latents", args.n_latents), ("train_tokens", args.train_tokens),
+                         ("batch_size", args.batch_size),
+                         ("spliced_sequences", args.spliced_sequences)):
+        if value is not None:
+            sizes = dataclasses.replace(sizes, **{field: value})
     tag = ("family_quick" if args.quick else "family_small" if args.small
            else "family_medium" if args.medium else "family")
     out = args.out or RESULTS / tag
@@ -339,23 +394,45 @@ def main() -> None:
         return
     torch.manual_seed(0)
     loaded = load_model(MODEL, dtype="float32")
-    cache = open_cache(cache_path, sizes, args.hookpoints, loaded)
-    runs = []
+    cache = open_cache(cache_path, sizes, args.hookpoints, loaded, args.allow_incomplete)
+    args.cache_tokens = {"train": cache.n_rows("train"), "heldout": cache.n_rows("heldout")}
+    partial = out.with_suffix(".partial.json")
+    runs = json.loads(partial.read_text())["runs"] if args.resume and partial.exists() else []
+    done = {run_key(r) for r in runs}
+    mdl_coefs = tuple(args.mdl_coefs) if args.mdl_coefs else MDL_COEFS
     for hookpoint in args.hookpoints:
-        for name in args.variants:
-            for index, level in enumerate(sizes.levels):
-                if name in args.one_level and index != len(sizes.levels) // 2:
+        for level in dict.fromkeys(sizes.levels):  # one group per distinct level
+            members = []
+            for index in (i for i, v in enumerate(sizes.levels) if v == level):
+                for name in args.variants:
+                    if name in args.one_level and index != len(sizes.levels) // 2:
+                        continue
+                    settings = level_settings(name, level, index, mdl_coefs)
+                    key = run_key({"variant": name, "hookpoint": hookpoint, "level": level,
+                                   "settings": settings})
+                    if key not in done and (name, settings) not in members:
+                        members.append((name, settings))
+            if not members:
+                continue
+            started_group = time.perf_counter()
+            trained = train_group(members, cache, hookpoint, sizes)
+            print(f"{hookpoint} level {level}: {len(members)} dictionaries trained together in "
+                  f"{time.perf_counter() - started_group:.0f} s (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
+            for (name, settings), (dictionary, seconds) in zip(members, trained):
+                if dictionary is None:
                     continue
-                settings = level_settings(name, level, index)
-                dictionary, seconds = train(name, settings, cache, hookpoint, sizes)
-                metrics = evaluate(dictionary, cache, loaded, hookpoint, sizes)
+                spliced = level in (args.spliced_levels or sizes.levels)
+                metrics = evaluate(dictionary, cache, loaded, hookpoint, sizes if spliced
+                                   else dataclasses.replace(sizes, spliced_sequences=0))
                 runs.append({"variant": name, "hookpoint": hookpoint, "level": level,
                              "settings": settings, "n_latents": sizes.n_latents,
-                             "train_seconds": seconds, **metrics})
+                             "train_tokens": sizes.train_tokens, "train_seconds": seconds,
+                             "load_average": os.getloadavg(), **metrics})
                 print(f"{name} {hookpoint} {settings}: L0 {metrics['l0']:.1f}, FVU "
                       f"{metrics['fvu']:.3f}, loss recovered {metrics['loss_recovered']:.3f} "
-                      f"({seconds:.0f} s)", flush=True)
-                atomic_write_json(out.with_suffix(".partial.json"), {"runs": runs})
+                      f"({seconds:.0f} s of steps)", flush=True)
+                atomic_write_json(partial, {"runs": runs})
     encoder = {}
     if "kronsae" in args.variants:
         for name in ("topk", "kronsae"):
@@ -371,6 +448,7 @@ def finish(runs: list[dict[str, Any]], encoder: dict[str, float], args: argparse
     print_table(runs)
     print_added(runs, encoder)
     record = {"model": MODEL, "hookpoints": args.hookpoints, "cache": str(cache_path),
+              "cache_tokens": getattr(args, "cache_tokens", None),
               "sizes": sizes.__dict__, "runs": runs, "encoder_seconds_2048_tokens": encoder,
               "finite": all(math.isfinite(r["fvu"]) for r in runs),
               "wall_seconds": time.perf_counter() - started,

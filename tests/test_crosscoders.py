@@ -112,6 +112,30 @@ def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_threshold() -> None
     assert float(scores[codes != 0].min().detach()) == pytest.approx(float(cc.threshold))
 
 
+@pytest.mark.parametrize("name", ["crosscoder", "mlsae"])
+def test_token_cap_bounds_a_massive_rows_latents_in_training_and_inference(name: str) -> None:
+    """One row 50x larger than the rest would take most of the batch's k*B slots; the cap
+    (token_cap x k per row: per token for the crosscoder, per token and layer for the MLSAE)
+    stops it in the batch selection and after the inference threshold. Uncapped, it does not."""
+    def counts(cap):
+        torch.manual_seed(0)
+        sae = build(name, d_in=16, n_latents=64, k=2, selection="batchtopk", token_cap=cap)
+        x = sparse_data(64)
+        sae.initialize_from_data(x)
+        x = x.clone()
+        x[0] *= 50.0
+        model = sae.native(sae.model_space(x))
+        _, codes = sae.training_codes(model)
+        sae.threshold.fill_(1e-6)  # an inference threshold almost everything passes
+        inference = sae.activation(sae.pre_acts(model))
+        return (codes[0] != 0).sum(-1).max(), (inference != 0).sum(-1).max()
+
+    trained, inferred = counts(2.0)
+    assert int(trained) <= 4 and int(inferred) <= 4
+    trained, inferred = counts(None)
+    assert int(trained) > 4 and int(inferred) > 4
+
+
 def test_config_errors_say_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="names 2 sources but n_sources=3"):
         build("crosscoder", d_in=24, n_latents=8, k=2, hookpoint="a+b", n_sources=3)

@@ -15,7 +15,8 @@ def test_mand_by_hand() -> None:
     q = torch.tensor([[8.0, 0.5, 0.0]])      # n = 3
     z = mand(p, q)
     # sqrt(2*8) = 4, sqrt(2*0.5) = 1, q = 0 and p < 0 never fire.
-    assert z.tolist() == [[[4.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]
+    torch.testing.assert_close(z, torch.tensor([[[4.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]))
+    assert (z == 0).tolist() == [[[False, False, True], [True, True, True]]]
 
 
 def test_mand_gradient_is_finite_at_the_edge() -> None:
@@ -62,3 +63,25 @@ def test_decoder_starts_along_both_factors() -> None:
     row = 1 * 8 + 1 * 4 + 3        # head 1, base 1, composition 3
     expected = model.W_p[:, 1 * 2 + 1] + model.W_q[:, 1 * 4 + 3]
     torch.testing.assert_close(model.W_dec[row], (expected / expected.norm()).detach())
+
+
+@pytest.mark.parametrize(("k", "compose"), [(3, 8), (16, 8), (40, 4)])
+def test_sparse_encoder_equals_topk_over_every_latent(k: int, compose: int) -> None:
+    """`encode` picks the k largest of h·m·min(k, n) candidates; the codes equal TopK over the
+    F dense mAND latents (random data has no ties), also when k > n and k > h·m·r."""
+    torch.manual_seed(0)
+    model = build("kronsae", d_in=12, n_latents=4 * compose * 3, k=min(k, 4 * compose * 3),
+                  base=4, compose=compose)
+    x = torch.randn(64, 12)
+    dense = model.activation(model.pre_acts(model.scale_input(x)))
+    torch.testing.assert_close(model.encode(x), dense)
+    values, indices = model.top_latents(model.scale_input(x))
+    assert values.shape == (64, model.cfg.k) and int(indices.max()) < model.cfg.n_latents
+
+
+def test_mand_is_one_multiply_of_the_factor_roots() -> None:
+    p, q = torch.randn(5, 3, 4), torch.randn(5, 3, 6)
+    explicit = torch.where((p.unsqueeze(-1) > 0) & (q.unsqueeze(-2) > 0),
+                           (p.unsqueeze(-1) * q.unsqueeze(-2)).clamp_min(0).sqrt(),
+                           torch.zeros(()))
+    torch.testing.assert_close(mand(p, q), explicit)

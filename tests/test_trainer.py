@@ -396,3 +396,48 @@ def test_config_round_trips_and_refuses_unknown_keys() -> None:
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown OptimConfig field"):
         TrainConfig.from_dict({"optim": {"learning_rate": 1.0}})
+
+
+def test_a_run_ending_with_fvu_above_one_says_so_loudly(tmp_path: Path, capsys) -> None:
+    """The trainer keeps the recent training FVU; a run that ends above 1 prints a WARNING and
+    records it with the saved dictionary. Forced here by negating the reconstruction the loss
+    sees (FVU ≈ ||x + x̂||² / var > 1); a healthy run records FVU < 1 and no warning."""
+    good = Trainer(config(steps=30), synthetic_data(offset=0.3), tmp_path / "good")
+    good.fit()
+    summary = json.loads((tmp_path / "good" / "config.json").read_text())["training"]
+    assert summary["fvu_above_one"] is False and summary["warnings"] == []
+    assert 0 < summary["final_train_fvu"] < 1
+    assert "WARNING" not in capsys.readouterr().err
+
+    bad = Trainer(config(steps=5, optim=OptimConfig(lr=1e-12)), synthetic_data(offset=0.3),
+                  tmp_path / "bad")
+    original = bad.dictionary.training_loss
+
+    def negated(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.recon = -out.recon
+        return out
+
+    bad.dictionary.training_loss = negated
+    bad.fit()
+    assert bad.recent_fvu > 1
+    assert "WARNING: training FVU" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "bad" / "config.json").read_text())["training"]
+    assert summary["fvu_above_one"] is True and "above 1" in summary["warnings"][0]
+
+
+def test_the_end_of_run_fvu_reads_the_last_steps_not_the_start() -> None:
+    """A short run starts far above FVU 1 (first steps) and ends below: the check reads the
+    mean of the last quarter of the steps (at most 20), so it does not warn."""
+    trainer = Trainer(config(steps=8), synthetic_data())
+    assert math.isnan(trainer.recent_fvu)
+    for value in (50.0, 20.0, 9.0, 4.0, 2.0, 1.5, 0.3, 0.2):
+        trainer._fvu_ring[trainer._fvu_count % 20] = value
+        trainer._fvu_count += 1
+    assert trainer.recent_fvu == pytest.approx(0.25)
+    assert trainer.fvu_warning() is None
+    for _ in range(30):  # a long run: the last 20 steps only
+        trainer._fvu_ring[trainer._fvu_count % 20] = 3.0
+        trainer._fvu_count += 1
+    assert trainer.recent_fvu == pytest.approx(3.0)
+    assert "above 1" in trainer.fvu_warning()

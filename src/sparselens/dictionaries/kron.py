@@ -12,8 +12,10 @@ AND: a latent fires only when both of its factors do. TopK (k per token) and a l
 follow, as in a TopK SAE (AuxK included). The encoder GEMM costs h(m+n)·d per token instead of
 F·d: with the defaults m = 4, n = 64 that is (m+n)/(m·n) = 27% of a TopK encoder.
 *Reading of the paper*: the square root keeps z on the scale of its factors (the paper's
-"magnitude-preserving" AND); its gradient is taken where p·q > 1e-12 only. *Ours*: decoder
-atoms start along w_p + w_q of their two factors (TopK's tied start has no analogue here).
+"magnitude-preserving" AND), computed as sqrt(p)·sqrt(q) on the factors. Inference (`encode`)
+never forms the F latents: `top_latents` picks the k largest from h·m·min(k, n) candidates.
+*Ours*: decoder atoms start along w_p + w_q of their two factors (TopK's tied start has no
+analogue here).
 """
 
 from __future__ import annotations
@@ -52,12 +54,20 @@ class KronConfig(TopKConfig):
         return self.n_latents // (self.base * self.compose)
 
 
+def root(t: Tensor) -> Tensor:
+    """sqrt(t) where t > 0, else 0 (the gradient is taken where t > 1e-12 only, so it stays
+    finite at the edge)."""
+    return torch.where(t > 0, t.clamp_min(1e-12).sqrt(), torch.zeros((), dtype=t.dtype,
+                                                                        device=t.device))
+
+
 def mand(p: Tensor, q: Tensor) -> Tensor:
-    """``(..., h, m) x (..., h, n) -> (..., h, m, n)``: sqrt(p q) where both are positive."""
-    p, q = p.unsqueeze(-1), q.unsqueeze(-2)
-    both = (p > 0) & (q > 0)
-    product = torch.where(both, p * q, torch.zeros((), dtype=p.dtype, device=p.device))
-    return torch.where(both, product.clamp_min(1e-12).sqrt(), product)
+    """``(..., h, m) x (..., h, n) -> (..., h, m, n)``: sqrt(p q) where both are positive.
+
+    Computed as the outer product ``root(p) ⊗ root(q)`` (equal: sqrt(p q) = sqrt(p) sqrt(q),
+    and a non-positive factor zeroes the product): the square roots run on the h(m+n) small
+    factors and the F latents cost one multiply each, instead of several passes over F."""
+    return root(p).unsqueeze(-1) * root(q).unsqueeze(-2)
 
 
 @register("kronsae")
@@ -105,6 +115,33 @@ class KronSAE(TopKBase):
     def pre_acts(self, x: Tensor) -> Tensor:
         """The F mAND latents (before TopK), ordered head, base, composition."""
         return mand(*self.factors(x)).flatten(-3)
+
+    def top_latents(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The k largest mAND latents of scaled input ``(B, d)`` as (values, latent indices),
+        ``(B, k)`` each, without forming all F of them: within a head, latent (g, i, j) is
+        root(p_gi) root(q_gj), so for every (g, i) only the r = min(k, n) largest root(q_g·)
+        can be among the k largest; the top-k runs over h·m·r candidates (F·r/n). Exact: the
+        same values as TopK over `pre_acts` (indices may differ only between equal values)."""
+        p, q = self.factors(x)
+        h, m, n, k = self.cfg.heads, self.cfg.base, self.cfg.compose, self.cfg.k
+        assert n is not None
+        r = min(k, n)
+        qv, qi = root(q).topk(r, dim=-1, sorted=False)                 # (B, h, r)
+        candidates = root(p).unsqueeze(-1) * qv.unsqueeze(-2)           # (B, h, m, r)
+        values, flat = candidates.flatten(-3).topk(min(k, h * m * r), dim=-1, sorted=False)
+        head, rest = flat // (m * r), flat % (m * r)
+        base, slot = rest // r, rest % r
+        compose = qi.flatten(-2).gather(-1, head * r + slot)
+        return values, head * (m * n) + base * n + compose
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense codes ``(..., n_latents)`` through `top_latents` (the cheap inference path;
+        training keeps the dense `pre_acts`, which AuxK needs for the dead latents)."""
+        xs = self.scale_input(x)
+        flat = xs.reshape(-1, xs.shape[-1])
+        values, indices = self.top_latents(flat)
+        codes = flat.new_zeros(flat.shape[0], self.cfg.n_latents).scatter_(-1, indices, values)
+        return codes.reshape(*xs.shape[:-1], self.cfg.n_latents)
 
     def scale_encoder_(self, factor: float) -> None:
         self.W_p.mul_(factor)

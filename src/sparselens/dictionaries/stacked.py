@@ -20,7 +20,9 @@ Shared pieces:
   scores a latent by its activation times its summed decoder norms, as in Minder et al.
   ("Overcoming Sparsity Artifacts in Crosscoders", 2025). The selection functions are the
   family's (`batch_topk`, the threshold's running average), applied to the scores; the AuxK
-  loss is the family's `auxk_loss`.
+  loss is the family's `auxk_loss`. BatchTopK's per-token cap (`token_cap`, a multiple of k)
+  applies to the scores of one row (a token for the crosscoder, a token at one layer for the
+  multi-layer SAE) in training and after the inference threshold, as for the plain SAEs.
 
 The class derives from `Dictionary` directly and calls those functions, instead of inheriting
 the TopK/BatchTopK classes: a crosscoder is two levels below `Dictionary`, and a change to the
@@ -40,7 +42,7 @@ from torch import Tensor
 from sparselens.core.dtypes import parse_dtype
 from sparselens.data.batch import split_sources
 from sparselens.dictionaries.base import Dictionary, LossOutput, StepContext
-from sparselens.dictionaries.batchtopk import BatchTopKConfig, batch_topk
+from sparselens.dictionaries.batchtopk import BatchTopKConfig, batch_topk, cap_per_token
 from sparselens.dictionaries.losses import auxk_loss
 from sparselens.dictionaries.thresholds import ema_update_, min_positive
 
@@ -204,7 +206,7 @@ class StackedDictionary(Dictionary):
         if self.cfg.selection == "topk":
             return pre, self.activation(pre)
         scores = self.selection_scores(pre)
-        keep = batch_topk(scores.detach(), self.cfg.k) > 0
+        keep = batch_topk(scores.detach(), self.cfg.k, self.cfg.resolved_token_cap) > 0
         ema_update_(self.threshold, min_positive(scores.detach() * keep),
                     self.cfg.threshold_decay)
         return pre, torch.relu(pre) * keep
@@ -215,7 +217,8 @@ class StackedDictionary(Dictionary):
         if self.cfg.selection == "topk" or bool(torch.isnan(self.threshold)):
             keep = self.topk_mask(scores)
         else:
-            keep = scores > self.threshold
+            passed = torch.where(scores > self.threshold, scores, torch.zeros_like(scores))
+            keep = cap_per_token(passed, self.cfg.resolved_token_cap) > 0
         return torch.relu(pre) * keep
 
     def loss_terms(self, x: Tensor, target: Tensor, pre: Tensor, codes: Tensor, recon: Tensor,

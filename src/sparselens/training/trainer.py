@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -116,6 +117,10 @@ class Trainer:
         self.running = RunningMetrics()
         self.lr = 0.0
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        # the training FVU of the last RECENT_FVU_STEPS steps (a ring on the device: no sync)
+        self._fvu_ring = torch.full((RECENT_FVU_STEPS,), torch.nan, dtype=torch.float32,
+                                    device=self.device)
+        self._fvu_count = 0
         self._clock = (time.perf_counter(), 0)
         self._checked = 0
         self.failed: NonFiniteLoss | None = None
@@ -194,9 +199,37 @@ class Trainer:
         self._after_step(log)
 
     def finish(self, log: MetricsLog) -> None:
-        """Called by the loop at the end: the last metrics, the final checkpoint and files."""
+        """Called by the loop at the end: the last metrics, the final checkpoint and files. A
+        run whose recent training FVU is above 1 says so loudly (the output and the summary
+        saved with the dictionary): it reconstructs worse than the batch mean."""
         self._report(log)
+        warning = self.fvu_warning()
+        if warning is not None:
+            log.message(f"WARNING: {warning}")
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
         self.save()
+
+    @property
+    def recent_fvu(self) -> float:
+        """Mean training FVU of the last quarter of this process's steps, at most the last
+        RECENT_FVU_STEPS (NaN before any step): the end of the run, not its start."""
+        count = self._fvu_count
+        if count == 0:
+            return float("nan")
+        n = min(RECENT_FVU_STEPS, max(1, math.ceil(count / 4)))
+        slots = [(count - 1 - i) % RECENT_FVU_STEPS for i in range(n)]
+        return float(self._fvu_ring[slots].mean())
+
+    def fvu_warning(self) -> str | None:
+        """The message for a run that ends with training FVU above 1, else None."""
+        fvu = self.recent_fvu
+        if not fvu > 1.0:
+            return None
+        return (f"training FVU {fvu:.3f} (mean of the last steps) is above 1 at the end of the "
+                "run: "
+                f"this {self.cfg.architecture} dictionary reconstructs worse than the mean. "
+                "Massive-norm tokens are the usual cause (docs/dictionaries.md, "
+                "'Massive-activation tokens'); evaluate it before use")
 
     def _check(self, batch: ActivationBatch) -> None:
         self.sites = self.sites or pick_sites(self.cfg, batch)
@@ -286,8 +319,11 @@ class Trainer:
         self.dead.update(dp.fired_on_any_rank(fired), dp.global_rows(rows))
         recon = out.recon.detach()
         variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-30)
+        fvu = ((recon - target).pow(2).sum() / variance).float()
+        self._fvu_ring[self._fvu_count % RECENT_FVU_STEPS] = fvu
+        self._fvu_count += 1
         metrics = {"loss": out.loss, **out.terms,
-                   "fvu": (recon - target).pow(2).sum() / variance,
+                   "fvu": fvu,
                    "l0": l0,
                    "dead_fraction": ctx.dead_mask.float().mean()}  # type: ignore[union-attr]
         if grad_norm is not None:
@@ -371,12 +407,21 @@ class Trainer:
         if self.out_dir is None:
             return
         self.save_checkpoint()
+        warning = self.fvu_warning()
         summary = {"steps": self.progress.step, "tokens_seen": self.progress.tokens_seen,
+                   "final_train_fvu": None if math.isnan(self.recent_fvu) else self.recent_fvu,
+                   "fvu_above_one": warning is not None,
+                   "warnings": [warning] if warning else [],
                    "train_config": self.cfg.to_dict()}
         if dp.is_main_process():
             save_dictionary(self.dictionary, self.out_dir, extra={"training": summary})
             atomic_write_json(self.out_dir / "train_config.json", self.cfg.to_dict())
         dp.barrier()
+
+
+RECENT_FVU_STEPS = 20
+"""The end-of-run FVU check reads the mean training FVU of the last quarter of the steps, at
+most this many (an average from the start would carry the first steps' FVU in short runs)."""
 
 
 def _activity(out: LossOutput, n_latents: int) -> tuple[Tensor, Tensor]:
