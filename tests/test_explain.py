@@ -149,7 +149,8 @@ def test_an_unparsable_answer_gets_one_follow_up_turn(tmp_path):
             if prompt.endswith(SHORT_QUESTION):
                 return __import__("sparselens.interpretation.llm.base", fromlist=["x"]
                                   ).ChatResponse(
-                    text="Let me think step by step about what all of these examples share.\nHmm, many.")
+                    text="Let me think step by step about what all of these examples "
+                         "share.\nHmm, many.")
             return super().answer(prompt, messages)
 
         def complete(self, requests, on_result=None):
