@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from sparselens.data.corpus import CorpusConfig, iter_texts
 from sparselens.interpretation.contexts import Context, ContextReader
 from sparselens.interpretation.examples import FeatureExamples
 from sparselens.interpretation.explain import ExplainConfig, explain_latents
@@ -47,6 +48,7 @@ from sparselens.interpretation.explainer import (
 from sparselens.interpretation.llm.base import ChatResponse, LLMClient
 from sparselens.interpretation.llm.cache import CachedClient
 from sparselens.interpretation.store import load_or_collect
+from sparselens.interpretation.token_text import is_byte_level, piece_text, special_ids
 from sparselens.io.native import load_dictionary
 
 RESULTS = Path(__file__).parent / "results" / "explain.json"
@@ -62,23 +64,47 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 """Family -> (its words, the keywords an explanation must contain to name it)."""
 
 
-def family_contexts(reader: ContextReader, examples: FeatureExamples, words: tuple[str, ...],
-                    n: int) -> list[Context]:
-    """Up to `n` contexts from train sequences of the cache where a token of the family
-    occurs, with a synthetic activation of 1 on every family token (0 elsewhere)."""
-    assert examples.tokens is not None
-    table = examples.tokens
+class TokenTexts:
+    """Display text of token ids (as the context reader shows them), decoded once each."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.specials = tokenizer, special_ids(tokenizer)
+        self.byte_level, self.cache = is_byte_level(tokenizer), {}
+
+    def __call__(self, ids: list[int]) -> tuple[str, ...]:
+        missing = [i for i in dict.fromkeys(ids) if i not in self.cache]
+        for i, piece in zip(missing, self.tokenizer.convert_ids_to_tokens(missing)):
+            self.cache[i] = ("" if i in self.specials or piece is None
+                             else piece_text(piece, self.byte_level))
+        return tuple(self.cache[i] for i in ids)
+
+
+def corpus_table(tokenizer: Any, n_tokens: int, length: int = 128) -> torch.Tensor:
+    """The built-in corpus tokenized into rows of `length` tokens (for the synthetic
+    features when no dictionary's cache is at hand)."""
+    ids: list[int] = []
+    for text in iter_texts(CorpusConfig()):
+        ids.extend(tokenizer(text).input_ids)
+        if len(ids) >= n_tokens:
+            break
+    rows = len(ids) // length
+    return torch.tensor(ids[:rows * length]).view(rows, length)
+
+
+def family_contexts(texts: TokenTexts, table: torch.Tensor, train: torch.Tensor,
+                    view: tuple[int, int], words: tuple[str, ...], n: int) -> list[Context]:
+    """Up to `n` contexts (one per row, rows in `train` only) where a token of the family
+    occurs, with a synthetic activation of 1 on every family token and 0 elsewhere."""
     vocab_hits = {}
-    for token in torch.unique(table).tolist():
-        text = reader.texts([token])[0]
+    uniques = torch.unique(table).tolist()
+    for token, text in zip(uniques, texts(uniques)):
         word = text.strip()
         if word in words and (text == " " + word or (word.isdigit() and len(word) == 1)):
             vocab_hits[token] = text
     if not vocab_hits:
         return []
     member = torch.isin(table, torch.tensor(sorted(vocab_hits)))
-    train = ~examples.split.is_test(torch.arange(table.shape[0]))
-    before, after = reader.view
+    before, after = view
     out: list[Context] = []
     used: set[int] = set()
     for seq, pos in torch.nonzero(member & train[:, None]).tolist():
@@ -87,7 +113,7 @@ def family_contexts(reader: ContextReader, examples: FeatureExamples, words: tup
         used.add(seq)
         lo, hi = max(0, pos - before), min(table.shape[1], pos + after + 1)
         ids = table[seq, lo:hi].tolist()
-        out.append(Context(reader.texts(ids), tuple(float(i in vocab_hits) for i in ids),
+        out.append(Context(texts(ids), tuple(float(i in vocab_hits) for i in ids),
                            seq, pos, "synthetic"))
         if len(out) == n:
             break
@@ -128,11 +154,12 @@ def explain_contexts(llm: LLMClient, contexts: list[Context], cfg: ExplainerConf
         return f"<unparsable: {result.text[:80]!r}>"
 
 
-def known_meanings(examples: FeatureExamples, reader: ContextReader, llm: LLMClient,
-                   explainer: ExplainerConfig, n_known: int) -> list[dict[str, Any]]:
+def known_families(texts: TokenTexts, table: torch.Tensor, train: torch.Tensor,
+                   view: tuple[int, int], llm: LLMClient,
+                   explainer: ExplainerConfig) -> list[dict[str, Any]]:
     out = []
     for family, (words, keywords) in FAMILIES.items():
-        contexts = family_contexts(reader, examples, words, explainer.n_examples)
+        contexts = family_contexts(texts, table, train, view, words, explainer.n_examples)
         if len(contexts) < 4:
             out.append({"kind": "synthetic family", "meaning": family, "contexts": len(contexts),
                         "explanation": None, "named": None, "note": "fewer than 4 contexts"})
@@ -140,7 +167,14 @@ def known_meanings(examples: FeatureExamples, reader: ContextReader, llm: LLMCli
         explanation = explain_contexts(llm, contexts, explainer)
         out.append({"kind": "synthetic family", "meaning": family, "contexts": len(contexts),
                     "keywords": keywords, "explanation": explanation,
-                    "named": any(k in explanation.lower() for k in keywords)})
+                    "named": any(k in explanation.lower() for k in keywords),
+                    "shown": [c.marked() for c in contexts]})
+    return out
+
+
+def known_latents(examples: FeatureExamples, reader: ContextReader, llm: LLMClient,
+                  explainer: ExplainerConfig, n_known: int) -> list[dict[str, Any]]:
+    out = []
     for latent, token in single_token_latents(examples, reader, n_known):
         word = reader.texts([token])[0].strip()
         contexts = reader.contexts(latent, "top", "train", limit=explainer.n_examples)
@@ -166,7 +200,8 @@ def main() -> None:
     parser.add_argument("--known", type=int, default=3)
     parser.add_argument("--model", default=None, help="packaged explainer name")
     parser.add_argument("--llm", default="local", help="local, a .gguf file or a server URL")
-    parser.add_argument("--slots", type=int, default=1)
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, default=300_000)
     parser.add_argument("--n-test", type=int, default=6)
     parser.add_argument("--view", default="16,4", help="tokens shown before,after the example")
@@ -179,6 +214,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
+    if args.latents == 0:  # the synthetic known meanings alone, on the built-in corpus
+        families_only(args)
+        return
     source, work = Path(args.dictionary), Path(args.work)
     if args.fresh:
         shutil.rmtree(work / "server", ignore_errors=True)
@@ -220,11 +258,14 @@ def main() -> None:
         out.write_text(json.dumps(report, indent=2) + "\n")
 
     with open_llm(args.llm, model=args.model, log_dir=out_dir, slots=args.slots,
-                  timeout=1800) as raw:
+                  concurrency=args.concurrency, timeout=1800) as raw:
         llm = CachedClient(raw, out_dir / "llm_cache")
         report["explainer"] = llm.identity
         t0, load0 = time.monotonic(), os.getloadavg()
-        report["known_meanings"] = known_meanings(examples, reader, llm, explainer, args.known)
+        train = ~examples.split.is_test(torch.arange(examples.tokens.shape[0]))
+        report["known_meanings"] = known_families(
+            TokenTexts(reader.tokenizer), examples.tokens, train, reader.view, llm, explainer)
+        report["known_meanings"] += known_latents(examples, reader, llm, explainer, args.known)
         report["known_meanings_timing"] = {"seconds": time.monotonic() - t0,
                                            "load_before": load0, "load_after": os.getloadavg()}
         write()
@@ -247,6 +288,34 @@ def main() -> None:
             write()
             print_table(report)
     print(f"wrote {args.out}")
+
+
+def families_only(args: argparse.Namespace) -> None:
+    """Synthetic token-family features over the built-in corpus (no dictionary needed)."""
+    from sparselens.interpretation.explain_setup import load_tokenizer
+
+    tokenizer = load_tokenizer("gemma-3-270m")
+    table = corpus_table(tokenizer, args.max_tokens)
+    before, after = (int(x) for x in args.view.split(","))
+    explainer = ExplainerConfig(n_examples=args.n_examples, max_tokens=args.answer_tokens,
+                                style=args.style)
+    out_dir = Path(args.work) / "families"
+    with open_llm(args.llm, model=args.model, log_dir=out_dir, slots=1,
+                  timeout=1800) as raw:
+        llm = CachedClient(raw, out_dir / "llm_cache")
+        load, start = os.getloadavg(), time.monotonic()
+        found = known_families(TokenTexts(tokenizer), table,
+                               torch.ones(table.shape[0], dtype=torch.bool), (before, after),
+                               llm, explainer)
+        report = {"explainer": llm.identity, "corpus": f"built-in, {table.numel()} tokens",
+                  "criterion": "named = the explanation contains one of the family's keywords",
+                  "known_meanings": found, "seconds": time.monotonic() - start,
+                  "load_before": load, "load_after": os.getloadavg(), "settings": vars(args)}
+    out = Path(args.out)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for item in found:
+        print(f"{item['meaning']!r}: {item['explanation']!r} -> named {item['named']}")
+    print(f"wrote {out}")
 
 
 def throughput(log: Path) -> dict[str, Any]:

@@ -50,7 +50,10 @@ def open_llm(spec: str, *, model: str | None = None, api_key: str | None = None,
             explainer_gguf() if spec == "local" else Path(spec).expanduser())
         log = Path(log_dir) / "llm_server.log" if log_dir else None
         with LocalServer(gguf, log=log, slots=slots) as server:
-            yield server.client(timeout=timeout, retries=retries)
+            # one request per slot at most: with two slots and one request in flight, the
+            # explainer's and the judge's prompts keep a slot (and its prompt cache) each
+            yield server.client(concurrency=min(concurrency, slots), timeout=timeout,
+                                retries=retries)
         return
     raise ValueError(f"--llm {spec!r} is not 'local', 'transformers', a .gguf file or an "
                      "http(s):// URL of an OpenAI-compatible server")
