@@ -184,10 +184,6 @@ def known_latents(examples: FeatureExamples, reader: ContextReader, llm: LLMClie
     return out
 
 
-def scorer_table(summary: dict[str, Any]) -> dict[str, Any]:
-    return summary["scorers"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dictionary", default="runs/default/sae")
