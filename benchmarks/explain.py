@@ -105,18 +105,24 @@ def family_contexts(texts: TokenTexts, table: torch.Tensor, train: torch.Tensor,
         return []
     member = torch.isin(table, torch.tensor(sorted(vocab_hits)))
     before, after = view
+    hits = torch.nonzero(member & train[:, None]).tolist()
+    first: dict[int, int] = {}
+    for seq, pos in hits:  # one occurrence per row
+        first.setdefault(seq, pos)
+    rows = sorted(first)
+    # rows spread evenly over the corpus (neighbouring rows often come from one document)
+    picked = [rows[int(i * len(rows) / n)] for i in range(n)] if len(rows) > n else rows
     out: list[Context] = []
-    used: set[int] = set()
-    for seq, pos in torch.nonzero(member & train[:, None]).tolist():
-        if seq in used:
-            continue
-        used.add(seq)
+    seen: set[str] = set()
+    for seq in picked:
+        pos = first[seq]
         lo, hi = max(0, pos - before), min(table.shape[1], pos + after + 1)
         ids = table[seq, lo:hi].tolist()
-        out.append(Context(texts(ids), tuple(float(i in vocab_hits) for i in ids),
-                           seq, pos, "synthetic"))
-        if len(out) == n:
-            break
+        context = Context(texts(ids), tuple(float(i in vocab_hits) for i in ids), seq, pos,
+                          "synthetic")
+        if context.text not in seen:
+            seen.add(context.text)
+            out.append(context)
     return out
 
 
