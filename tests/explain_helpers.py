@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections import Counter
 
 import torch
 
@@ -12,6 +13,7 @@ from conftest import byte_tokenizer
 from sparselens.data.batch import ActivationBatch
 from sparselens.interpretation.contexts import ContextReader
 from sparselens.interpretation.examples import collect_examples
+from sparselens.interpretation.explainer import SHORT_QUESTION
 from sparselens.interpretation.llm.base import ChatResponse, LLMError
 from sparselens.interpretation.windows import collect_windows
 
@@ -95,24 +97,30 @@ class ScriptedJudge:
 
     def answer(self, prompt: str, messages=()):
         if prompt.startswith("Your answer did not end"):  # the follow-up turn
-            first = self.answer(messages[1][1])
+            first = self.answer(messages[-3][1])  # the original question
             if "[EXPLANATION]" in first.text:
                 return first
             return ChatResponse(text="I cannot tell.\nNo idea.")
         common = re.search(r"Most frequent marked tokens: '(.*?)' x", prompt)
-        if common:
-            token = common.group(1)
+        if common or prompt.endswith(SHORT_QUESTION):  # the delphi or the short prompt
+            if common:
+                token = common.group(1)
+            else:
+                marks = Counter(re.findall(r"<<(.*?)>>", prompt, flags=re.S))
+                token = marks.most_common(1)[0][0]
+                token = "␣" if not token.strip() else token
             if token == self.fail:
                 return LLMError("unreachable", "scripted outage")
             if token == self.garble:
-                return ChatResponse(text="I am not sure what to say here.\nMaybe this or that.")
+                return ChatResponse(text="I am not sure what to say about these examples, "
+                                    "they vary a lot.\nMaybe this or that.")
             kind = ("digit" if token.isdigit() else "space" if token in ("", "␣")
                     else "punctuation" if token in ",;" else token)
             return ChatResponse(text=f"Thinking...\n[EXPLANATION]: the character {kind}")
         if "intruder" in prompt:
             return ChatResponse(text="1")
-        explanation = re.search(r"Feature explanation: (.*)\n", prompt).group(1)
-        text = prompt.split("\n\nText: ", 1)[1].rsplit("\n\n", 1)[0]
+        explanation = re.search(r"\n\nExplanation: (.*)$", prompt).group(1)
+        text = prompt.removeprefix("Text: ").split("\n\nExplanation: ", 1)[0]
         kind = explanation.removeprefix("the character ")
         test = {"digit": str.isdigit, "space": lambda c: c == " ",
                 "punctuation": lambda c: c in ",;"}.get(kind, lambda c: c == kind)

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from explain_helpers import ScriptedJudge, rule_store
+from sparselens.interpretation.contexts import ContextReader
 from sparselens.interpretation.explain import (
     RECORDS_FILE,
     ExplainConfig,
@@ -15,6 +16,7 @@ from sparselens.interpretation.explain import (
     parse_latents,
 )
 from sparselens.interpretation.explainer import (
+    SHORT_QUESTION,
     ExplainerConfig,
     ExplanationParseError,
     explanation_request,
@@ -40,10 +42,30 @@ def test_explainer_sees_only_train_and_scorers_only_test():
 def test_prompt_marks_activating_tokens_with_levels():
     _, reader = rule_store()
     request = explanation_request(reader.contexts(1, "top", "train", limit=3), [],
-                                  ExplainerConfig())
+                                  ExplainerConfig(style="delphi"))
     user = request.messages[-1][1]
     assert "<<" in user and "Activations:" in user and "(10)" in user
     assert "[EXPLANATION]:" in request.messages[0][1]
+
+
+def test_short_prompt_shows_worked_answers_and_only_the_marked_texts():
+    _, reader = rule_store()
+    shown = reader.contexts(1, "top", "train", limit=3)
+    request = explanation_request(shown, [], ExplainerConfig())
+    roles = [role for role, _ in request.messages]
+    # system, three worked examples (question, answer), then the latent's texts
+    assert roles == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    user = request.messages[-1][1]
+    assert user.count("Example ") == len(shown) and "<<" in user
+    assert "Most frequent" not in user and "Activations" not in user
+    assert request.max_tokens == 32
+
+
+def test_short_answers_keep_their_first_line():
+    assert parse_explanation("digits in dates\nExample 4: more", first_line=True) == \
+        "digits in dates"
+    with pytest.raises(ExplanationParseError):
+        parse_explanation("digits in dates\nExample 4: more")
 
 
 @pytest.mark.parametrize("answer, expected", [
@@ -124,9 +146,11 @@ def test_an_unparsable_answer_gets_one_follow_up_turn(tmp_path):
 
     class Rambler(ScriptedJudge):
         def answer(self, prompt, messages=()):
-            if "Most frequent marked tokens" in prompt:
+            if prompt.endswith(SHORT_QUESTION):
                 return __import__("sparselens.interpretation.llm.base", fromlist=["x"]
-                                  ).ChatResponse(text="Let me think about it.\nHmm, many.")
+                                  ).ChatResponse(
+                    text="Let me think step by step about what all of these examples "
+                         "share.\nHmm, many.")
             return super().answer(prompt, messages)
 
         def complete(self, requests, on_result=None):
@@ -167,3 +191,16 @@ def test_interrupted_run_resumes_without_regenerating(tmp_path):
     again = explain_latents(examples, reader, fresh, cfg, tmp_path, progress=False)
     assert fresh.misses == 0 and fresh.hits >= total
     assert again.summary["scorers"] == result.summary["scorers"]
+
+
+def test_a_narrower_view_crops_contexts_around_the_same_token():
+    examples, reader = rule_store()
+    narrow = ContextReader(examples, reader.tokenizer, view=(3, 1))
+    wide, small = reader.contexts(1, "top", "all"), narrow.contexts(1, "top", "all")
+    assert [(c.seq, c.pos) for c in wide] == [(c.seq, c.pos) for c in small]
+    for big, little in zip(wide, small):
+        assert len(little.tokens) <= 5 and little.text in big.text
+        at_big, at_little = big.pos - max(0, big.pos - 12), big.pos - max(0, big.pos - 3)
+        assert little.activations[at_little] == big.activations[at_big] > 0
+    with pytest.raises(ValueError, match="outside the store's window"):
+        ContextReader(examples, reader.tokenizer, view=(30, 1))

@@ -71,7 +71,10 @@ class ContextReader:
     """Turns store slots into `Context`s; needs the windows pass and the token table."""
 
     def __init__(self, examples: FeatureExamples, tokenizer: object,
-                 tokens: Tensor | None = None) -> None:
+                 tokens: Tensor | None = None, view: tuple[int, int] | None = None) -> None:
+        """`view` = (before, after) shows fewer tokens around each example than the store
+        keeps (shorter prompts: a small model on a CPU pays for every token); a random
+        context still counts as quiet only when the store's whole window is."""
         if examples.window is None:
             raise ValueError("the example store has no activation windows; run "
                              "collect_windows(...) on it before reading contexts")
@@ -80,6 +83,11 @@ class ContextReader:
             raise ValueError("the example store holds no token table; pass the cache's "
                              "tokens (ActivationCache.tokens())")
         self.examples, self.tokens = examples, table
+        store_before, store_after = examples.window
+        self.view = view or (store_before, store_after)
+        if not (0 <= self.view[0] <= store_before and 0 <= self.view[1] <= store_after):
+            raise ValueError(f"view {view} is outside the store's window "
+                             f"({store_before}, {store_after})")
         self.tokenizer = tokenizer
         self.specials = special_ids(tokenizer)
         self._texts: dict[int, str] = {}
@@ -116,7 +124,8 @@ class ContextReader:
                 continue
             seq, pos = int(seqs[slot]), int(positions[slot])
             row = self.tokens[seq]
-            lo, hi = max(0, pos - before), min(int(row.shape[0]), pos + after + 1)
+            lo = max(0, pos - self.view[0])
+            hi = min(int(row.shape[0]), pos + self.view[1] + 1)
             ids = row[lo:hi].tolist()
             acts = window[lo - (pos - before):hi - (pos - before)].tolist()
             out.append(Context(self.texts([int(i) for i in ids]), tuple(acts), seq, pos,

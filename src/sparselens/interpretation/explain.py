@@ -55,6 +55,9 @@ class ExplainConfig:
     n_test: int = 8
     """Activating and quiet test contexts per latent (each)."""
     seed: int = 0
+    baselines: tuple[str, ...] = BASELINES
+    """Which baselines each explanation is scored beside ("random", "empty"); each one costs
+    as many judge requests as the explanation itself."""
 
     def fingerprint(self) -> str:
         """What a finished record must match to be reused (the latents may differ)."""
@@ -160,6 +163,7 @@ class _Run:
             draft["n_train_examples"] = len(shown)
             requests.append(explanation_request(shown, contrast, ex))
             owners.append(latent)
+        short = ex.style == "short"
         bar = _bar(len(requests), "explaining", self.progress)
         results = self.llm.complete(requests, lambda i, r: bar.update(1))
         bar.close()
@@ -172,7 +176,8 @@ class _Run:
             assert isinstance(result, ChatResponse)
             draft["answer"] = result.text
             try:
-                draft |= {"status": "explained", "explanation": parse_explanation(result.text)}
+                draft |= {"status": "explained", "explanation": parse_explanation(
+                    result.text, first_line=short)}
             except ExplanationParseError as err:
                 draft |= {"status": "unparsable", "error": str(err)}
                 retry.append((latent, follow_up_request(request, result.text)))
@@ -212,6 +217,8 @@ class _Run:
         candidates = {"explanation": draft["explanation"],
                       "random": explanations[source] if source is not None else None,
                       "empty": ""}
+        candidates = {k: v for k, v in candidates.items()
+                      if k == "explanation" or k in self.cfg.baselines}
         scores: dict[str, Any] = {}
         for scorer in self.scorers:
             if not scorer.uses_explanation:
@@ -219,10 +226,14 @@ class _Run:
                 scores[scorer.name] = {"latent": asdict(result), "chance": scorer.chance}
                 continue
             entry: dict[str, Any] = {"chance": scorer.chance}
-            for label, text in candidates.items():
-                if text is None:
-                    continue
-                entry[label] = asdict(scorer.score(text, data, self.llm))
+            present = {label: text for label, text in candidates.items() if text is not None}
+            many = getattr(scorer, "score_many", None)
+            if many is not None:  # all candidates in one call (a server reuses each text)
+                entry |= {label: asdict(score) for label, score in
+                          many(present, data, self.llm).items()}
+            else:
+                for label, text in present.items():
+                    entry[label] = asdict(scorer.score(text, data, self.llm))
             scores[scorer.name] = entry
         return {**draft, "status": "ok", "scores": scores, "random_source": source,
                 "n_test": {"activating": len(data.activating), "quiet": len(data.quiet)}}
@@ -250,6 +261,7 @@ def explain_latents(examples: FeatureExamples, reader: ContextReader, llm: LLMCl
     started = time.monotonic()
     pending = [j for j in cfg.latents if not run.finished(j)]
     drafts = run.explain(pending)
+    explained_at = time.monotonic()
     for draft in drafts.values():
         if draft["status"] != "explained":
             run.append(draft)
@@ -270,7 +282,12 @@ def explain_latents(examples: FeatureExamples, reader: ContextReader, llm: LLMCl
     bar.close()
     records = {j: run.records[j] for j in cfg.latents if j in run.records}
     _rewrite(folder, run.records)
-    summary = summarise(records, cfg, cached, time.monotonic() - started)
+    now = time.monotonic()
+    timing = {"explain_seconds": explained_at - started, "score_seconds": now - explained_at,
+              "explained": sum("explanation" in d for d in drafts.values()),
+              "scored": len(to_score)}
+    summary = summarise(records, cfg, cached, now - started)
+    summary["timing"] = timing
     atomic_write_json(folder / SUMMARY_FILE, summary)
     if explanations:
         from sparselens.interpretation.search import ExplanationIndex
@@ -305,18 +322,29 @@ def summarise(records: dict[int, dict[str, Any]], cfg: ExplainConfig, llm: Cache
             continue
         summary: dict[str, Any] = {"explanation": bootstrap_mean(
             [_value(e, "explanation") for e in entries])}
-        for baseline in BASELINES:
+        for baseline in cfg.baselines:
             summary[baseline] = bootstrap_mean([_value(e, baseline) for e in entries])
-            pairs = [(_value(e, "explanation"), _value(e, baseline)) for e in entries]
-            summary[f"margin_over_{baseline}"] = bootstrap_mean(
-                [a - b for a, b in pairs if a is not None and b is not None])
+            summary[f"margin_over_{baseline}"] = _margin(entries, baseline, "value")
         summary["auroc"] = bootstrap_mean([_value(e, "explanation", "auroc") for e in entries])
+        if any(_value(e, "explanation", "auroc") is not None for e in entries):
+            # the threshold-free reading: a small judge's Yes-bias moves its balanced
+            # accuracy at P(Yes) > 0.5 towards chance, not its ranking of the contexts
+            for baseline in cfg.baselines:
+                summary[f"auroc_{baseline}"] = bootstrap_mean(
+                    [_value(e, baseline, "auroc") for e in entries])
+                summary[f"auroc_margin_over_{baseline}"] = _margin(entries, baseline, "auroc")
         scorers[name] = summary
     return {"latents": len(records), "status": statuses, "scorers": scorers,
             "model": llm.identity, "config": {**asdict(cfg), "latents": len(cfg.latents)},
             "prompt": {"template_id": cfg.explainer.template_id(),
                        "template": cfg.explainer.template()},
             "llm_cache": {"hits": llm.hits, "misses": llm.misses}, "seconds": seconds}
+
+
+def _margin(entries: list[dict[str, Any]], baseline: str, key: str) -> dict[str, Any]:
+    """Mean per-latent (explanation - baseline) of `key`, with its bootstrap interval."""
+    pairs = [(_value(e, "explanation", key), _value(e, baseline, key)) for e in entries]
+    return bootstrap_mean([a - b for a, b in pairs if a is not None and b is not None])
 
 
 def _value(entry: dict[str, Any], label: str, key: str = "value") -> float | None:

@@ -16,11 +16,12 @@ OUTPUT_FOLDER = "explanations"
 @contextlib.contextmanager
 def open_llm(spec: str, *, model: str | None = None, api_key: str | None = None,
              concurrency: int = 4, timeout: float = 300.0, retries: int = 4,
-             log_dir: str | os.PathLike | None = None) -> Iterator[LLMClient]:
+             log_dir: str | os.PathLike | None = None, slots: int = 1) -> Iterator[LLMClient]:
     """A client for `spec`:
 
     - ``local``: the packaged explainer (`model` picks which, default Qwen2.5-Coder-1.5B)
-      served by llama.cpp's server on 127.0.0.1 for the duration of the block;
+      served by llama.cpp's server on 127.0.0.1 for the duration of the block, with
+      `slots` requests decoded together;
     - a ``.gguf`` file: that model, served the same way;
     - ``transformers``: the packaged explainer (or the model folder / GGUF in `model`) run in
       this process with transformers;
@@ -48,8 +49,11 @@ def open_llm(spec: str, *, model: str | None = None, api_key: str | None = None,
         gguf = explainer_gguf(model) if spec == "local" and model else (
             explainer_gguf() if spec == "local" else Path(spec).expanduser())
         log = Path(log_dir) / "llm_server.log" if log_dir else None
-        with LocalServer(gguf, log=log) as server:
-            yield server.client(concurrency=1, timeout=timeout, retries=retries)
+        with LocalServer(gguf, log=log, slots=slots) as server:
+            # one request per slot at most: with two slots and one request in flight, the
+            # explainer's and the judge's prompts keep a slot (and its prompt cache) each
+            yield server.client(concurrency=min(concurrency, slots), timeout=timeout,
+                                retries=retries)
         return
     raise ValueError(f"--llm {spec!r} is not 'local', 'transformers', a .gguf file or an "
                      "http(s):// URL of an OpenAI-compatible server")

@@ -1,6 +1,13 @@
 """Ask a language model what a latent means, from its highlighted top-activating contexts.
 
-The prompt follows the explainer of Bills et al. (2023) as adapted by Paulo et al. (2024,
+Two prompt styles. ``short`` (the default, written for small local models): a system prompt
+asking for one short noun phrase, three worked examples as earlier chat turns (few-shot: a
+1.5B model imitates an answer far better than it follows an instruction), then the latent's
+examples with the firing tokens wrapped in ``<<...>>`` and nothing else: no list of frequent
+tokens or activation levels, which small models copied instead of generalising. ``delphi``:
+the prompt of the large-model literature, described next.
+
+The delphi prompt follows the explainer of Bills et al. (2023) as adapted by Paulo et al. (2024,
 "Automatically interpreting millions of features in LLMs"; the delphi library): each example
 shows the text with the activating tokens wrapped in ``<<...>>``, then those tokens with their
 activation on a 0-10 scale (relative to the latent's largest activation); optionally a few
@@ -41,6 +48,22 @@ CONTRAST = ("Texts where the feature does NOT fire (anything common to these is 
             "feature):\n{texts}")
 COMMON = "Most frequent marked tokens: {tokens}"
 
+SHORT_SYSTEM = """You name features of a language model. You see short texts; the feature \
+fires on the tokens marked <<like this>>. Reply with one short noun phrase (at most eight \
+words) saying what the marked tokens have in common: their meaning, their kind, or the \
+pattern around them. Do not describe the task, do not mention the marks, do not list \
+the tokens."""
+SHORT_QUESTION = "What do the marked tokens have in common?"
+SHORT_EXAMPLE = "Example {i}: {text}"
+SHOTS = (
+    (("She said that <<she>> would call later.", "Ask Anna whether <<her>> sister is home.",
+      "The queen raised <<her>> glass and <<she>> smiled."), "female pronouns"),
+    (("def area(r<<)>>:\n    return 3.14 * r * r", "print(len(items<<)>>)",
+      "if (count > limit<<)>> {"), "closing parentheses in code"),
+    (("The ticket costs <<$>>40 at the door.", "Shares fell to <<€>>12 on Monday.",
+      "Prices start at <<£>>9.99 a month."), "currency symbols before prices"),
+)
+
 
 @dataclass(frozen=True)
 class ExplainerConfig:
@@ -50,14 +73,27 @@ class ExplainerConfig:
     """Non-activating train contexts shown as contrast (0: none)."""
     chain_of_thought: bool = False
     """Ask for reasoning before the explanation (more tokens, often better answers)."""
-    max_tokens: int = 96
-    """Answer budget; raised to 400 with chain of thought."""
+    max_tokens: int = 32
+    """Answer budget; at least 96 for the delphi style, 400 with chain of thought."""
     mark_fraction: float = 0.1
     """Tokens are marked when the latent reaches this fraction of its largest activation in
     the shown examples (weak firings on every token would bury the pattern)."""
+    style: str = "short"
+    """"short" (few-shot, a noun phrase, marks only: for small models) or "delphi" (marks,
+    activation levels and the most frequent marked tokens, as in delphi)."""
+
+    def __post_init__(self) -> None:
+        if self.style not in ("short", "delphi"):
+            raise ValueError(f"explainer style must be 'short' or 'delphi', got {self.style!r}")
 
     def template(self) -> str:
         """The full prompt template this configuration uses."""
+        if self.style == "short":
+            shots = "\n".join(f"[shot] {' | '.join(t)} -> {a}" for t, a in SHOTS)
+            parts = [SHORT_SYSTEM, shots, SHORT_EXAMPLE, SHORT_QUESTION]
+            if self.n_contrast:
+                parts.append(CONTRAST)
+            return "\n----\n".join(parts)
         parts = [SYSTEM.format(reasoning=REASONING[self.chain_of_thought]), EXAMPLE, COMMON]
         if self.n_contrast:
             parts.append(CONTRAST)
@@ -87,6 +123,8 @@ def explanation_request(examples: list[Context], contrast: list[Context],
     """The chat request for one latent. `examples` are its activating train contexts."""
     if not examples:
         raise ValueError("no activating examples to explain")
+    if cfg.style == "short":
+        return _short_request(examples, contrast, cfg)
     scale = max(c.max_activation for c in examples)
     blocks, counts = [], Counter()
     for i, context in enumerate(examples, start=1):
@@ -100,9 +138,31 @@ def explanation_request(examples: list[Context], contrast: list[Context],
     user = "\n\n".join(blocks) + "\n\n" + COMMON.format(tokens=common)
     if contrast:
         user += "\n\n" + CONTRAST.format(texts="\n".join(f"- {c.text}" for c in contrast))
-    max_tokens = max(cfg.max_tokens, 400) if cfg.chain_of_thought else cfg.max_tokens
+    max_tokens = max(cfg.max_tokens, 400 if cfg.chain_of_thought else 96)
     return ChatRequest(messages=(("system", SYSTEM.format(
         reasoning=REASONING[cfg.chain_of_thought])), ("user", user)), max_tokens=max_tokens)
+
+
+def _short_user(texts: list[str]) -> str:
+    body = "\n".join(SHORT_EXAMPLE.format(i=i, text=t.replace("\n", "\\n"))
+                     for i, t in enumerate(texts, start=1))
+    return f"{body}\n\n{SHORT_QUESTION}"
+
+
+def _short_request(examples: list[Context], contrast: list[Context],
+                   cfg: ExplainerConfig) -> ChatRequest:
+    """System prompt, the worked examples as earlier turns, then this latent's marked texts."""
+    scale = max(c.max_activation for c in examples)
+    texts = [c.marked([j for j in c.firing if c.activations[j] >= cfg.mark_fraction * scale])
+             for c in examples]
+    messages: list[tuple[str, str]] = [("system", SHORT_SYSTEM)]
+    for shot_texts, answer in SHOTS:
+        messages += [("user", _short_user(list(shot_texts))), ("assistant", answer)]
+    user = _short_user(texts)
+    if contrast:
+        user = CONTRAST.format(texts="\n".join(f"- {c.text}" for c in contrast)) + "\n\n" + user
+    max_tokens = max(cfg.max_tokens, 400) if cfg.chain_of_thought else cfg.max_tokens
+    return ChatRequest(messages=(*messages, ("user", user)), max_tokens=max_tokens)
 
 
 FOLLOW_UP = ("Your answer did not end with the required line. Reply with one line only: "
@@ -118,10 +178,12 @@ def follow_up_request(request: ChatRequest, answer: str) -> ChatRequest:
 _MARKER = re.compile(r"\[?\**\s*explanation\s*\**\]?\s*\**\s*[:：\-]\s*(.*)", re.IGNORECASE)
 
 
-def parse_explanation(answer: str) -> str:
+def parse_explanation(answer: str, first_line: bool = False) -> str:
     """The explanation in a model's answer: the text after the last ``[EXPLANATION]:``
     (tolerating case, bold, missing brackets, the text on the next line); without a marker,
-    a short answer of one line is taken as it is. Raises `ExplanationParseError`."""
+    a short answer of one line is taken as it is (with `first_line`, the first line of a
+    longer answer: the short prompt asks for a phrase, and small models sometimes go on
+    writing after it). Raises `ExplanationParseError`."""
     lines = [line.strip() for line in answer.strip().splitlines()]
     for i in range(len(lines) - 1, -1, -1):
         match = _MARKER.search(lines[i])
@@ -131,6 +193,9 @@ def parse_explanation(answer: str) -> str:
             if cleaned:
                 return cleaned
     content = [line for line in lines if line]
+    if (first_line and len(content) > 1 and not _MARKER.search(answer)
+            and len(content[0].split()) <= 10):
+        content = content[:1]  # a short phrase, then chatter: the phrase is the answer
     if len(content) == 1 and len(content[0].split()) <= 25 and not _MARKER.search(content[0]):
         cleaned = _clean(content[0])
         if cleaned:

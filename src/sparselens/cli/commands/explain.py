@@ -44,8 +44,14 @@ class Config:
     """Quiet train contexts shown to the explainer as contrast."""
     chain_of_thought: bool = False
     """Let the explainer reason before answering."""
-    answer_tokens: int = 96
-    """Token budget of the explainer's answer (400 with chain of thought)."""
+    answer_tokens: int = 32
+    """Token budget of the explainer's answer (at least 96 for the delphi style, 400 with
+    chain of thought)."""
+    style: str = "short"
+    """Explainer prompt: short (few-shot, a noun phrase; for small models) or delphi."""
+    slots: int = 1
+    """Requests the local llama.cpp server decodes together (2 keeps the explainer's and the
+    judge's prompt caches apart)."""
     n_test: int = 8
     """Activating and quiet held-out contexts per latent for the scorers (each)."""
     cache: str | None = None
@@ -87,11 +93,13 @@ def run(cfg: Config) -> int:
                             explainer=ExplainerConfig(n_examples=cfg.n_examples,
                                                       n_contrast=cfg.n_contrast,
                                                       chain_of_thought=cfg.chain_of_thought,
-                                                      max_tokens=cfg.answer_tokens),
+                                                      max_tokens=cfg.answer_tokens,
+                                                      style=cfg.style),
                             n_test=cfg.n_test, seed=cfg.seed)
     out = Path(cfg.out) if cfg.out else checkpoint / OUTPUT_FOLDER
     with open_llm(cfg.llm, model=cfg.model, api_key=cfg.api_key, concurrency=cfg.concurrency,
-                  timeout=cfg.timeout, retries=cfg.retries, log_dir=out) as llm:
+                  timeout=cfg.timeout, retries=cfg.retries, log_dir=out,
+                  slots=cfg.slots) as llm:
         result = explain_latents(examples, reader, llm, options, out)
     print(format_summary(result.summary, out))
     return 0

@@ -39,13 +39,16 @@ class LocalServer:
     for `gguf` on 127.0.0.1, alive for the duration of the block."""
 
     def __init__(self, gguf: str | os.PathLike, *, port: int | None = None, n_ctx: int = 4096,
-                 threads: int = 2, startup_timeout: float = 300.0,
+                 threads: int = 2, slots: int = 1, startup_timeout: float = 300.0,
                  log: str | os.PathLike | None = None) -> None:
         self.gguf = Path(gguf)
         if not self.gguf.is_file():
             raise FileNotFoundError(f"model file {self.gguf} does not exist")
         self.port = port or free_port()
         self.n_ctx, self.threads, self.startup_timeout = n_ctx, threads, startup_timeout
+        self.slots = slots
+        """Requests the server decodes together (llama.cpp's parallel slots, each with its
+        own share of the context and its own prompt cache)."""
         self.log = Path(log) if log else None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -59,6 +62,9 @@ class LocalServer:
         return f"gguf:{self.gguf.name}:{self.gguf.stat().st_size}"
 
     def client(self, **options: object) -> OpenAIClient:
+        """A client for this server; by default one request in flight per slot plus one
+        waiting, so the server never idles between answers."""
+        options.setdefault("concurrency", self.slots + 1)
         return OpenAIClient(self.base_url, model="local", identity=self.identity(),
                             **options)  # type: ignore[arg-type]
 
@@ -75,7 +81,7 @@ class LocalServer:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         cmd = [sys.executable, "-m", "sparselens.interpretation.llm.server", str(self.gguf),
                "--port", str(self.port), "--n-ctx", str(self.n_ctx),
-               "--threads", str(self.threads)]
+               "--threads", str(self.threads), "--slots", str(self.slots)]
         self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
@@ -116,14 +122,15 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def serve(gguf: str, port: int, n_ctx: int, threads: int, host: str = "127.0.0.1") -> None:
+def serve(gguf: str, port: int, n_ctx: int, threads: int, host: str = "127.0.0.1",
+          slots: int = 1) -> None:
     """Run the server in this process until SIGTERM/SIGINT."""
     import xllamacpp
 
     params = xllamacpp.CommonParams()
     params.model.path = gguf
-    params.n_ctx = n_ctx
-    params.n_parallel = 1
+    params.n_ctx = n_ctx * slots  # llama.cpp splits the context between the slots
+    params.n_parallel = slots
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     params.hostnames = [host]
@@ -131,6 +138,14 @@ def serve(gguf: str, port: int, n_ctx: int, threads: int, host: str = "127.0.0.1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the caller was killed without stopping us: stop too
+        while not stop.wait(2.0):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=orphaned, daemon=True).start()
     server = xllamacpp.Server(params)
     stop.wait()
     del server
@@ -143,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--slots", type=int, default=1)
     args = parser.parse_args(argv)
-    serve(args.gguf, args.port, args.n_ctx, args.threads, args.host)
+    serve(args.gguf, args.port, args.n_ctx, args.threads, args.host, args.slots)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ explanation and one test context at a time and answers Yes or No.
 
 Each answer is read as P(Yes) from the first token's log-probabilities (Paulo et al. read
 the text; probabilities also give an AUROC). The headline value is balanced accuracy at
-P(Yes) > 0.5, as in the paper; AUROC is in the details. Deviation: one context per prompt
-(the paper batches several), so every prompt shares its explanation prefix and a llama.cpp
-server reuses its cache for it; it also removes position effects inside a batch.
+P(Yes) > 0.5, as in the paper; AUROC is in the details. Deviations: one context per prompt
+(the paper batches several), which removes position effects inside a batch and gives a
+probability per context; the text comes before the explanation and the explanation's
+baselines are asked right after it, so a llama.cpp server's prompt cache computes each text
+once for all of them; four worked answers precede every question (few-shot, cached too).
 """
 
 from __future__ import annotations
@@ -24,27 +26,60 @@ from sparselens.interpretation.scoring.base import HeldOutData, Score
 from sparselens.interpretation.scoring.stats import auroc, balanced_accuracy
 
 DETECTION_SYSTEM = (
-    "You are a meticulous linguistics researcher. You get an explanation of a feature of a "
-    "language model (for example 'male pronouns' or 'the word import in Python code') and then "
-    "a text. Answer Yes if the explained feature is present anywhere in the text, and No if it "
-    "is not. Answer with Yes or No only.")
+    "You check explanations of features of a language model. You get a text and an "
+    "explanation of a feature (for example 'female pronouns' or 'the word import in Python "
+    "code'). Does the feature occur in the text? Answer Yes if something the explanation "
+    "describes occurs in the text, and No if nothing in the text fits it. Answer with Yes or "
+    "No only.")
 FUZZING_SYSTEM = (
-    "You are a meticulous linguistics researcher. You get an explanation of a feature of a "
-    "language model and then a text in which some tokens are marked like <<this>>. Answer Yes "
-    "if the marked tokens are exactly the kind of tokens the explanation describes, and No if "
-    "the marks sit on tokens unrelated to the explanation. Answer with Yes or No only.")
-QUESTION = {"detection": "Is the feature present in the text? Answer Yes or No.",
-            "fuzzing": "Are the marked tokens correctly marked? Answer Yes or No."}
+    "You check explanations of features of a language model. You get a text in which some "
+    "tokens are marked like <<this>>, and an explanation of a feature. Are the marked tokens "
+    "the ones the explanation describes? Answer Yes if they are the kind of tokens the "
+    "explanation describes, and No if the marks sit on tokens unrelated to it. Answer with "
+    "Yes or No only.")
+SHOTS = {
+    "detection": (("The queen raised her glass and smiled.", "female pronouns", "Yes"),
+                  ("The stock fell two points on Friday.", "female pronouns", "No"),
+                  ("for item in items: print(item)", "closing parentheses in code", "Yes"),
+                  ("We walked home along the quiet river.", "closing parentheses in code",
+                   "No")),
+    "fuzzing": (("The queen raised <<her>> glass and smiled.", "female pronouns", "Yes"),
+                ("The <<queen>> raised her glass and smiled.", "female pronouns", "No"),
+                ("print(len(items<<)>>)", "closing parentheses in code", "Yes"),
+                ("print<<(>>len(items))", "closing parentheses in code", "No")),
+}
+"""Worked answers shown before every question (few-shot): they sit in the shared prompt
+prefix, so a llama.cpp server computes them once, and they keep a small judge on Yes/No."""
 
 
-def _request(system: str, explanation: str, text: str, question: str) -> ChatRequest:
-    user = f"Feature explanation: {explanation}\n\nText: {text}\n\n{question}"
-    return ChatRequest(messages=(("system", system), ("user", user)), max_tokens=1,
-                       top_logprobs=10)
+def _user(text: str, explanation: str, task: str) -> str:
+    """The text, then the explanation; the question is in the system prompt, so each
+    explanation after a cached text costs only its own tokens."""
+    return f"Text: {text}\n\nExplanation: {explanation}"
 
 
-def _judge(requests: list[ChatRequest], labels: list[int], llm: LLMClient) -> Score:
-    results = llm.complete(requests)
+def _request(task: str, explanation: str, text: str) -> ChatRequest:
+    """System prompt and worked answers, then the text, then the explanation: requests for
+    one text share everything up to the explanation, so a server's prompt cache reuses the
+    text across the explanation and its baselines (they are sent one after the other)."""
+    system = DETECTION_SYSTEM if task == "detection" else FUZZING_SYSTEM
+    messages: list[tuple[str, str]] = [("system", system)]
+    for shot_text, shot_explanation, answer in SHOTS[task]:
+        messages += [("user", _user(shot_text, shot_explanation, task)), ("assistant", answer)]
+    messages.append(("user", _user(text, explanation, task)))
+    return ChatRequest(messages=tuple(messages), max_tokens=1, top_logprobs=10)
+
+
+def _judge_many(task: str, candidates: dict[str, str], texts: list[str], labels: list[int],
+                llm: LLMClient) -> dict[str, Score]:
+    """Every candidate explanation judged on every text in one call, text by text."""
+    names = list(candidates)
+    requests = [_request(task, candidates[name], text) for text in texts for name in names]
+    results = llm.complete(requests) if requests else []
+    return {name: _read(results[k::len(names)], labels) for k, name in enumerate(names)}
+
+
+def _read(results: list, labels: list[int]) -> Score:
     probabilities, failed, unreadable = [], 0, 0
     for result in results:
         p = result.yes_probability() if isinstance(result, ChatResponse) else None
@@ -67,10 +102,12 @@ class DetectionScorer:
     chance = 0.5
 
     def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
+        return self.score_many({"explanation": explanation or ""}, data, llm)["explanation"]
+
+    def score_many(self, candidates: dict[str, str], data: HeldOutData,
+                   llm: LLMClient) -> dict[str, Score]:
         contexts, labels = data.labelled()
-        requests = [_request(DETECTION_SYSTEM, explanation or "", c.text,
-                             QUESTION["detection"]) for c in contexts]
-        return _judge(requests, labels, llm)
+        return _judge_many("detection", candidates, [c.text for c in contexts], labels, llm)
 
 
 def wrong_marks(context: Context, seed: int) -> list[int]:
@@ -88,14 +125,17 @@ class FuzzingScorer:
     chance = 0.5
 
     def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
-        requests, labels = [], []
+        return self.score_many({"explanation": explanation or ""}, data, llm)["explanation"]
+
+    def score_many(self, candidates: dict[str, str], data: HeldOutData,
+                   llm: LLMClient) -> dict[str, Score]:
+        texts, labels = [], []
         for i, context in enumerate(data.activating):
             correct = i % 2 == 0  # contexts come sorted by activation: both halves span it
             marks = context.firing if correct else wrong_marks(
                 context, seed=data.latent * 1_000_003 + i)
             if not marks:
                 continue
-            requests.append(_request(FUZZING_SYSTEM, explanation or "", context.marked(marks),
-                                     QUESTION["fuzzing"]))
+            texts.append(context.marked(marks))
             labels.append(int(correct))
-        return _judge(requests, labels, llm)
+        return _judge_many("fuzzing", candidates, texts, labels, llm)
