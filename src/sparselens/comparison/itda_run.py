@@ -39,6 +39,7 @@ class ITDAOptions:
     n_random: int = 200
     """Random label draws for the chance level of each Jaccard."""
     seed: int = 0
+    """Seed of the random label draws."""
 
 
 @dataclass

@@ -42,7 +42,9 @@ class Config:
     out: str = "itda.json"
     """Output JSON file."""
     model_dtype: str = "float32"
+    """Dtype the models run in (float32, bfloat16, or auto: bf16 only where it is native)."""
     device: str = "cpu"
+    """Device for the models (cpu, cuda, ...)."""
 
 
 def run(cfg: Config) -> int:
