@@ -12,9 +12,9 @@ Two solvers, one result type:
 - **exact**: the dense similarity matrix and `scipy.optimize.linear_sum_assignment`. Memory is
   ``n_a * n_b`` float64 and time about cubic, so it serves widths up to a few thousand.
 - **sparse**: only the `k` most similar partners of every latent (both directions, found in
-  blocks so the dense matrix never exists) plus one fallback edge per latent (the identity
-  pairing, so a full matching always exists), solved exactly on that graph with
-  `scipy.sparse.csgraph.min_weight_full_bipartite_matching` (LAPJVsp). Optimal on the graph;
+  blocks so the dense matrix never exists), a latent free to stay unmatched, solved exactly
+  on that graph with `scipy.sparse.csgraph.min_weight_full_bipartite_matching` (LAPJVsp, on
+  the graph doubled with stand-in nodes so a full matching always exists). Optimal on the graph;
   against the full problem it comes with a certificate: no one-to-one matching can exceed the
   mean of every latent's best similarity (`upper_bound`), so ``upper_bound - pwmcc`` bounds
   how far from optimal it can be (zero gap = provably optimal). Latents that found no
@@ -174,44 +174,70 @@ def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
                 pair_similarity: PairSimilarity, best_a: np.ndarray, best_b: np.ndarray,
                 measure: str, block_similarity: BlockSimilarity | None = None,
                 exact_limit: int = EXACT_LIMIT, refine_below: float = REFINE_BELOW) -> Matching:
-    """Optimal matching restricted to the candidate edges (`rows`, `cols`) plus the identity
-    pairing (so a full matching exists); similarities from `pair_similarity`.
+    """Optimal matching restricted to the candidate edges (`rows`, `cols`), where a latent may
+    also stay unmatched (`_max_partial_matching`); similarities from `pair_similarity`.
 
-    Latents left without a candidate partner, or matched below `refine_below` (typically those
-    with no counterpart at all, whose best assignment uses edges far down their candidate
-    lists), are then re-matched exactly among themselves with `block_similarity` (dense
-    assignment on the leftover rows and columns, if that block fits in `exact_limit`), which
-    can only raise the total. `best_a` / `best_b` are each latent's best
-    similarity over *all* partners (for the bound).
+    Latents left unmatched or matched below `refine_below` (typically those with no
+    counterpart at all, whose best assignment uses edges far down their candidate lists) are
+    then re-matched exactly among themselves with `block_similarity` (dense assignment on the
+    leftover rows and columns, if that block fits in `exact_limit`), which can only raise the
+    total; if it does not fit, the unmatched ones are paired in index order. `best_a` /
+    `best_b` are each latent's best similarity over *all* partners (for the bound).
     """
     from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
     candidates = np.unique(np.asarray(rows, np.int64) * n_b + np.asarray(cols, np.int64))
-    diagonal = np.arange(min(n_a, n_b), dtype=np.int64)
-    keys = np.union1d(candidates, diagonal * n_b + diagonal)
-    r, c = keys // n_b, keys % n_b
-    sim = pair_similarity(r, c)
-    # Every full matching has min(n_a, n_b) edges, so minimising (3 - sim) maximises the summed
-    # similarity; the shift keeps every weight positive (scipy drops explicit zeros).
-    graph = csr_matrix((3.0 - sim, (r, c)), shape=(n_a, n_b))
-    match_r, match_c = (m.astype(np.int64) for m in min_weight_full_bipartite_matching(graph))
+    r, c = candidates // n_b, candidates % n_b
+    match_r, match_c = _max_partial_matching(n_a, n_b, r, c, pair_similarity(r, c))
+    kept = np.ones(match_r.size, bool)
     if block_similarity is not None:
         kept = np.isin(match_r * n_b + match_c, candidates)
         kept &= pair_similarity(match_r, match_c) >= refine_below
-        free_r = np.setdiff1d(np.arange(n_a), match_r[kept])
-        free_c = np.setdiff1d(np.arange(n_b), match_c[kept])
-        if min(free_r.size, free_c.size) > 1 and free_r.size * free_c.size <= exact_limit:
-            sub_r, sub_c = linear_sum_assignment(block_similarity(free_r, free_c),
-                                                 maximize=True)
-            match_r = np.concatenate([match_r[kept], free_r[sub_r]])
-            match_c = np.concatenate([match_c[kept], free_c[sub_c]])
+    free_r = np.setdiff1d(np.arange(n_a), match_r[kept])
+    free_c = np.setdiff1d(np.arange(n_b), match_c[kept])
+    if (block_similarity is not None and min(free_r.size, free_c.size) > 0
+            and free_r.size * free_c.size <= exact_limit):
+        sub_r, sub_c = linear_sum_assignment(block_similarity(free_r, free_c), maximize=True)
+        match_r = np.concatenate([match_r[kept], free_r[sub_r]])
+        match_c = np.concatenate([match_c[kept], free_c[sub_c]])
+    else:
+        free_r = np.setdiff1d(np.arange(n_a), match_r)
+        free_c = np.setdiff1d(np.arange(n_b), match_c)
+        m = min(free_r.size, free_c.size)
+        match_r = np.concatenate([match_r, free_r[:m]])
+        match_c = np.concatenate([match_c, free_c[:m]])
     order = np.argsort(match_r)
     match_r, match_c = match_r[order], match_c[order]
     best = best_a if n_a <= n_b else best_b
     return Matching(match_r, match_c, pair_similarity(match_r, match_c), n_a, n_b, "sparse",
                     float(np.mean(best)), measure, best_a, best_b)
+
+
+def _max_partial_matching(n_a: int, n_b: int, r: np.ndarray, c: np.ndarray, sim: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """A matching on edges (r, c) where a latent may stay unmatched, as a minimum-weight *full*
+    matching of a doubled graph: every row i also has a stand-in column n_b + i (weight 4),
+    every column j a stand-in row n_a + j (weight 4), and stand-in row j meets stand-in column
+    i wherever (i, j) is an edge (weight 3). A full matching with m real pairs then weighs
+    4 (n_a + n_b) - sum over its pairs of (similarity + 2): it maximises the summed
+    similarity + 2, so a pair (similarity >= -1) always beats leaving both latents unmatched
+    and, when the graph has a full matching, this is the best one. (Asking the edges alone for
+    a full matching, with an edge (i, i) per latent so that one exists, forces a latent
+    without candidates, e.g. one that never fires, onto column i and pushes that column's
+    true partner aside.)"""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    ia, ib = np.arange(n_a, dtype=np.int64), np.arange(n_b, dtype=np.int64)
+    # Weights stay positive (scipy drops explicit zeros): 3 - sim >= 2 for similarities <= 1.
+    graph_r = np.concatenate([r, ia, n_a + ib, n_a + c])
+    graph_c = np.concatenate([c, n_b + ia, ib, n_b + r])
+    weight = np.concatenate([3.0 - sim, np.full(n_a + n_b, 4.0), np.full(r.size, 3.0)])
+    n = n_a + n_b
+    graph = csr_matrix((weight, (graph_r, graph_c)), shape=(n, n))
+    match_r, match_c = (m.astype(np.int64) for m in min_weight_full_bipartite_matching(graph))
+    real = (match_r < n_a) & (match_c < n_b)
+    return match_r[real], match_c[real]
 
 
 @torch.no_grad()

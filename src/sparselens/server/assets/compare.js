@@ -25,7 +25,7 @@
 
   function table(headers, rows) {
     const { el } = h();
-    const t = el("table", "stats");
+    const t = el("table", "compare-table");
     const head = el("tr");
     for (const text of headers) head.appendChild(el("th", "", text));
     t.appendChild(head);
@@ -49,17 +49,23 @@
     box.appendChild(el("p", "muted", `${m.method} matching of ${fmt(m.n_matched)} pairs ` +
       `(${fmt(m.n_a)} × ${fmt(m.n_b)} latents); upper bound ${fmt(m.upper_bound)}; ` +
       Object.entries(m.fraction_above).map(([t, f]) => `${fmt(100 * f)}% ≥ ${t}`).join(", ")));
-    box.appendChild(histogram(`${title} of matched pairs`, m.histogram.edges,
-                              m.histogram.counts, "similarity", "pairs"));
+    const grid = el("div", "compare-grid");
+    grid.appendChild(histogram(`${title} of matched pairs`, m.histogram.edges,
+                               m.histogram.counts, "similarity", "pairs"));
     const pairs = (data.pairs || {})[pairsKey];
     if (pairs) {
       const rows = pairs.a.slice(0, LISTED).map((a, i) => [
         latentLink(data.served, "A", a), latentLink(data.served, "B", pairs.b[i]),
         fmt(pairs.similarity[i])]);
-      box.appendChild(el("h4", "", `Most similar pairs (${fmt(Math.min(LISTED, pairs.a.length))}` +
-                                   ` of ${fmt(pairs.a.length)})`));
-      box.appendChild(table(["A", "B", "similarity"], rows));
+      const side = el("div", "compare-pairs");
+      side.appendChild(el("h4", "", `Most similar pairs (${fmt(Math.min(LISTED, pairs.a.length))}` +
+                                    ` of ${fmt(pairs.a.length)})`));
+      const scroll = el("div", "compare-scroll");
+      scroll.appendChild(table(["A", "B", "similarity"], rows));
+      side.appendChild(scroll);
+      grid.appendChild(side);
     }
+    box.appendChild(grid);
     return box;
   }
 
