@@ -6,71 +6,40 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from conftest import free_port
+from browser_helpers import NEEDS_CHROMIUM, chromium, served, watched_page
 from graph_helpers import SERVED_AS, write_graphs
 from sparselens.server.graphs import load_graphs
 from sparselens.server.launch import build_app, open_stores
 from viewer_helpers import SCRIPT_TOKEN, make_served_run, top_token_of
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-quic"]
 SCREENSHOTS = Path(os.environ.get("SPARSELENS_SCREENSHOTS")
                    or Path(__file__).parent / "artifacts" / "viewer")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"{CHROMIUM} is missing; install Debian's chromium "
-                              "(`make browser` or scripts/install-chromium.sh)"),
-]
+pytestmark = NEEDS_CHROMIUM
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_llama, one_thread):
-    import uvicorn
-
     run = make_served_run(tmp_path_factory.mktemp("served"), tiny_llama)
     graphs = load_graphs(write_graphs(tmp_path_factory.mktemp("graphs")).values())
     app = build_app(open_stores(run.folders), run.model, graphs=graphs)
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     run.graphs = {g.name: g.data for g in graphs}
-    yield f"http://127.0.0.1:{port}", run
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with served(app) as base:
+        yield base, run
 
 
 @pytest.fixture(scope="module")
 def browser(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
     base, _ = server
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     print(f"\nviewer screenshots: {SCREENSHOTS}")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = chromium.new_page(viewport={"width": 1280, "height": 900})
-        page.errors, page.urls = [], []
-        page.on("pageerror", lambda err: page.errors.append(str(err)))
-        page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
-        page.on("request", lambda request: page.urls.append(request.url))
-        page.base = base
-        yield page
-        chromium.close()
+    with chromium() as launched:
+        yield watched_page(launched, base)
 
 
 def ready(page, hash_: str) -> None:

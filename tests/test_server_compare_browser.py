@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import free_port, random_chunks
+from browser_helpers import NEEDS_CHROMIUM, chromium, served, watched_page
+from conftest import random_chunks
 from sparselens.comparison.compare import CompareOptions, compare_dictionaries
 from sparselens.comparison.compare_output import write_comparison
 from sparselens.dictionaries import build
@@ -23,15 +22,10 @@ from sparselens.io.detect import load_any
 from sparselens.io.native import save_dictionary
 from sparselens.server.comparisons import load_comparisons
 from sparselens.server.launch import build_app, open_stores
-from test_server_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, ready, snap
+from test_server_browser import SCREENSHOTS, ready, snap
 from viewer_helpers import HOOK, make_served_run
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"{CHROMIUM} is missing; install Debian's chromium "
-                              "(`make browser` or scripts/install-chromium.sh)"),
-]
+pytestmark = NEEDS_CHROMIUM
 
 
 def _permuted_copy(folder: Path, out: Path) -> Path:
@@ -70,41 +64,21 @@ def _records(root: Path, folders: list[Path], tiny_llama) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_llama, one_thread):
-    import uvicorn
-
     root = tmp_path_factory.mktemp("compare-served")
     run = make_served_run(root, tiny_llama)
     records = _records(root, run.folders, tiny_llama)
     app = build_app(open_stores(run.folders), run.model,
                     comparisons=load_comparisons([root / "seeds", root / "self"]))
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", records
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with served(app) as base:
+        yield base, records
 
 
 @pytest.fixture(scope="module")
 def browser(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
     base, _ = server
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = chromium.new_page(viewport={"width": 1280, "height": 900})
-        page.errors, page.urls = [], []
-        page.on("pageerror", lambda err: page.errors.append(str(err)))
-        page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
-        page.on("request", lambda request: page.urls.append(request.url))
-        page.base = base
-        yield page
-        chromium.close()
+    with chromium() as launched:
+        yield watched_page(launched, base)
 
 
 def _visit(page, hash_: str) -> None:

@@ -7,28 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from browser_helpers import NEEDS_CHROMIUM, served, watched_page
+from browser_helpers import chromium as launch_chromium
 from test_vision_report import make_image_run
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-quic"]
 SCREENSHOTS = Path(os.environ.get("SPARSELENS_SCREENSHOTS")
                    or Path(__file__).parent / "artifacts" / "vision")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"{CHROMIUM} is missing; install Debian's chromium "
-                              "(`make browser` or scripts/install-chromium.sh)"),
-]
+pytestmark = NEEDS_CHROMIUM
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +38,13 @@ def image_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chromium():
-    sync_api = pytest.importorskip("playwright.sync_api")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launch_chromium() as browser:
         yield browser
-        browser.close()
 
 
 def open_page(chromium):
-    page = chromium.new_page(viewport={"width": 1280, "height": 900})
-    page.errors = []
-    page.on("pageerror", lambda err: page.errors.append(str(err)))
-    page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
-    return page
+    return watched_page(chromium)
 
 
 def check_images(page, n: int) -> None:
@@ -94,24 +77,13 @@ def test_report_draws_heat_maps_over_pictures(image_run, chromium) -> None:
 
 
 def test_viewer_draws_heat_maps_under_its_csp(image_run, chromium) -> None:
-    import uvicorn
-
     from sparselens.server.launch import build_app, open_stores
 
     root, latent, _ = image_run
     stores = open_stores([root / "sae"], examples=[root / "sae" / "examples"])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(stores, None), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
+    with served(build_app(stores, None)) as base:
         page = open_page(chromium)
-        page.goto(f"http://127.0.0.1:{port}/#/d/sae/{latent}")
+        page.goto(f"{base}/#/d/sae/{latent}")
         page.wait_for_selector(".image-example")
         n = page.locator(".image-example").count()
         assert n >= 1
@@ -120,6 +92,3 @@ def test_viewer_draws_heat_maps_under_its_csp(image_run, chromium) -> None:
         # a CSP violation (blocked image or style) logs an error; the logit lens answers 503
         # without a model, which is expected here
         assert [e for e in page.errors if "503" not in e] == []
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
