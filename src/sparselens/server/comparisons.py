@@ -10,11 +10,12 @@ links matched, split and novel latents to their feature pages.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sparselens.server.files import read_checked_json
 
 SCHEMA = "sparselens.compare"
 HOW_TO_WRITE = "write one with `sparselens compare A B --out FOLDER` (FOLDER/compare.json)"
@@ -77,17 +78,8 @@ def load_comparisons(paths: Sequence[str | Path]) -> list[ServedComparison]:
         path = Path(given).expanduser()
         if path.is_dir():
             path = path / "compare.json"
-        if not path.is_file():
-            raise ValueError(f"comparison file {path} does not exist; {HOW_TO_WRITE}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ValueError(f"comparison file {path} is not valid JSON ({err}); "
-                             f"{HOW_TO_WRITE}") from None
-        problem = check_comparison(data)
-        if problem:
-            raise ValueError(f"comparison file {path} is not a compare record: {problem}; "
-                             f"{HOW_TO_WRITE}")
+        data = read_checked_json(path, "comparison", "a compare record", check_comparison,
+                                 HOW_TO_WRITE)
         name = path.resolve().parent.name if path.name == "compare.json" else path.stem
         if any(c.name == name for c in out):
             raise ValueError(f"two comparison files would share the name {name!r}; put them "

@@ -8,9 +8,11 @@ resolve inside the folder they were looked up in, so a symlink planted in a run 
 
 from __future__ import annotations
 
+import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 EXAMPLES_FILE = "examples.safetensors"
 EVAL_FILES = ("eval.json",)
@@ -81,3 +83,20 @@ def explanation_files(folder: Path) -> list[Path]:
             if safe is not None and safe.is_relative_to(folder.resolve()):
                 found.append(safe)
     return found
+
+
+def read_checked_json(path: Path, label: str, kind: str, check: Callable[[Any], str | None],
+                      how_to_write: str) -> Any:
+    """The JSON record a user passed to serve (a graph, a comparison), read and checked; a
+    ValueError that names the `label` file, the problem, and how to write a good one."""
+    if not path.is_file():
+        raise ValueError(f"{label} file {path} does not exist; {how_to_write}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{label} file {path} is not valid JSON ({err}); {how_to_write}"
+                         ) from None
+    problem = check(data)
+    if problem:
+        raise ValueError(f"{label} file {path} is not {kind}: {problem}; {how_to_write}")
+    return data

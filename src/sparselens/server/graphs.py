@@ -9,12 +9,13 @@ so it is kept in memory and answered as is.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sparselens.server.files import read_checked_json
 
 GRAPH_FORMAT = "sparselens.attribution-graph/1"
 NODE_KINDS = ("embedding", "latent", "error", "metric")
@@ -99,17 +100,7 @@ def _names(paths: Sequence[Path]) -> list[str]:
 
 def load_graph(path: Path, name: str) -> ServedGraph:
     """Read and check one graph file; ValueError naming the file and the problem."""
-    if not path.is_file():
-        raise ValueError(f"graph file {path} does not exist; {HOW_TO_WRITE}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"graph file {path} is not valid JSON ({err}); {HOW_TO_WRITE}"
-                         ) from None
-    problem = check_graph(data)
-    if problem:
-        raise ValueError(f"graph file {path} is not an attribution graph: {problem}; "
-                         f"{HOW_TO_WRITE}")
+    data = read_checked_json(path, "graph", "an attribution graph", check_graph, HOW_TO_WRITE)
     return ServedGraph(name, path, data)
 
 
