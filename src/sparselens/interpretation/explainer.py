@@ -55,6 +55,11 @@ pattern around them. Do not describe the task, do not mention the marks, do not 
 the tokens."""
 SHORT_QUESTION = "What do the marked tokens have in common?"
 SHORT_EXAMPLE = "Example {i}: {text}"
+SHORT_HINT = "Marked tokens: {tokens}"
+HINT_SHARE = 0.5
+"""The short prompt lists the marked tokens only when one token makes up at least this share
+of the marks: a 1.5B model reading `<<self>>` in every example still answered "variable
+names", while a list on every prompt made it copy tokens instead of generalising."""
 SHOTS = (
     (("She said that <<she>> would call later.", "Ask Anna whether <<her>> sister is home.",
       "The queen raised <<her>> glass and <<she>> smiled."), "female pronouns"),
@@ -81,6 +86,9 @@ class ExplainerConfig:
     style: str = "short"
     """"short" (few-shot, a noun phrase, marks only: for small models) or "delphi" (marks,
     activation levels and the most frequent marked tokens, as in delphi)."""
+    token_hint: bool = True
+    """Short style: list the marked tokens (with counts) when one token makes up at least half
+    of the marks, so a single-token feature is named by its token."""
 
     def __post_init__(self) -> None:
         if self.style not in ("short", "delphi"):
@@ -90,7 +98,9 @@ class ExplainerConfig:
         """The full prompt template this configuration uses."""
         if self.style == "short":
             shots = "\n".join(f"[shot] {' | '.join(t)} -> {a}" for t, a in SHOTS)
-            parts = [SHORT_SYSTEM, shots, SHORT_EXAMPLE, SHORT_QUESTION]
+            parts = [SHORT_SYSTEM, shots, SHORT_EXAMPLE,
+                     *([f"{SHORT_HINT} (when one token has {HINT_SHARE:.0%} of the marks)"]
+                       if self.token_hint else []), SHORT_QUESTION]
             if self.n_contrast:
                 parts.append(CONTRAST)
             return "\n----\n".join(parts)
@@ -143,22 +153,38 @@ def explanation_request(examples: list[Context], contrast: list[Context],
         reasoning=REASONING[cfg.chain_of_thought])), ("user", user)), max_tokens=max_tokens)
 
 
-def _short_user(texts: list[str]) -> str:
+def token_hint(marked_tokens: list[str]) -> str | None:
+    """The short prompt's "Marked tokens: 'self' x8, ..." line (three most frequent, tokens
+    stripped of surrounding space), or None unless one token has `HINT_SHARE` of the marks."""
+    counts = Counter(_token(t.strip() or t) for t in marked_tokens)
+    if not counts or counts.most_common(1)[0][1] < HINT_SHARE * sum(counts.values()):
+        return None
+    return SHORT_HINT.format(tokens=", ".join(f"'{t}' x{n}" for t, n in counts.most_common(3)))
+
+
+def _short_user(texts: list[str], hint: str | None = None) -> str:
     body = "\n".join(SHORT_EXAMPLE.format(i=i, text=t.replace("\n", "\\n"))
                      for i, t in enumerate(texts, start=1))
-    return f"{body}\n\n{SHORT_QUESTION}"
+    return f"{body}\n\n{hint}\n\n{SHORT_QUESTION}" if hint else f"{body}\n\n{SHORT_QUESTION}"
 
 
 def _short_request(examples: list[Context], contrast: list[Context],
                    cfg: ExplainerConfig) -> ChatRequest:
     """System prompt, the worked examples as earlier turns, then this latent's marked texts."""
     scale = max(c.max_activation for c in examples)
-    texts = [c.marked([j for j in c.firing if c.activations[j] >= cfg.mark_fraction * scale])
+    marks = [[j for j in c.firing if c.activations[j] >= cfg.mark_fraction * scale]
              for c in examples]
+    texts = [c.marked(m) for c, m in zip(examples, marks)]
+
+    def hint(tokens: list[str]) -> str | None:
+        return token_hint(tokens) if cfg.token_hint else None
+
     messages: list[tuple[str, str]] = [("system", SHORT_SYSTEM)]
     for shot_texts, answer in SHOTS:
-        messages += [("user", _short_user(list(shot_texts))), ("assistant", answer)]
-    user = _short_user(texts)
+        shot_marks = [t for text in shot_texts for t in re.findall(r"<<(.*?)>>", text)]
+        messages += [("user", _short_user(list(shot_texts), hint(shot_marks))),
+                     ("assistant", answer)]
+    user = _short_user(texts, hint([c.tokens[j] for c, m in zip(examples, marks) for j in m]))
     if contrast:
         user = CONTRAST.format(texts="\n".join(f"- {c.text}" for c in contrast)) + "\n\n" + user
     max_tokens = max(cfg.max_tokens, 400) if cfg.chain_of_thought else cfg.max_tokens

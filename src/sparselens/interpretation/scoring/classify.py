@@ -19,6 +19,7 @@ once for all of them; four worked answers precede every question (few-shot, cach
 from __future__ import annotations
 
 import random
+import re
 
 from sparselens.interpretation.contexts import Context
 from sparselens.interpretation.llm.base import ChatRequest, ChatResponse, LLMClient
@@ -54,7 +55,12 @@ prefix, so a llama.cpp server computes them once, and they keep a small judge on
 
 def _user(text: str, explanation: str, task: str) -> str:
     """The text, then the explanation; the question is in the system prompt, so each
-    explanation after a cached text costs only its own tokens."""
+    explanation after a cached text costs only its own tokens. For fuzzing the marked tokens
+    are also listed after the text: a 1.5B judge ignored marks inside the text (its P(Yes)
+    was the same for true and wrong marks), and the list is the same information."""
+    if task == "fuzzing":
+        marked = ", ".join(f"'{m.strip() or m}'" for m in re.findall(r"<<(.*?)>>", text, re.S))
+        text = f"{text}\nMarked tokens: {marked}"
     return f"Text: {text}\n\nExplanation: {explanation}"
 
 
