@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -179,6 +180,13 @@ def known_families(texts: TokenTexts, table: torch.Tensor, train: torch.Tensor,
     return out
 
 
+def names_word(explanation: str, word: str) -> bool:
+    """Whether `explanation` names `word` as a whole word, not counting a leading "the word" /
+    "the keyword" / "the token" (so "the word to" does not name ' the')."""
+    rest = re.sub(r"^(the )?(key)?(word|token)s? ", "", explanation.lower().strip())
+    return re.search(rf"(?<!\w){re.escape(word.lower())}(?!\w)", rest) is not None
+
+
 def known_latents(examples: FeatureExamples, reader: ContextReader, llm: LLMClient,
                   explainer: ExplainerConfig, n_known: int) -> list[dict[str, Any]]:
     out = []
@@ -187,7 +195,7 @@ def known_latents(examples: FeatureExamples, reader: ContextReader, llm: LLMClie
         contexts = reader.contexts(latent, "top", "train", limit=explainer.n_examples)
         explanation = explain_contexts(llm, contexts, explainer)
         out.append({"kind": "single-token latent", "latent": latent, "meaning": word,
-                    "explanation": explanation, "named": word.lower() in explanation.lower()})
+                    "explanation": explanation, "named": names_word(explanation, word)})
     return out
 
 

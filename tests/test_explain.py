@@ -53,8 +53,8 @@ def test_short_prompt_shows_worked_answers_and_only_the_marked_texts():
     shown = reader.contexts(1, "top", "train", limit=3)
     request = explanation_request(shown, [], ExplainerConfig())
     roles = [role for role, _ in request.messages]
-    # system, three worked examples (question, answer), then the latent's texts
-    assert roles == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    # system, four worked examples (question, answer), then the latent's texts
+    assert roles == ["system"] + ["user", "assistant"] * 4 + ["user"]
     user = request.messages[-1][1]
     assert user.count("Example ") == len(shown) and "<<" in user
     assert "Most frequent" not in user and "Activations" not in user

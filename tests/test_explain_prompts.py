@@ -37,7 +37,7 @@ def test_short_prompt_names_a_single_token_feature_but_not_a_mixed_one() -> None
     # The worked answers show the hint the same way: one with it, the currency one without.
     shots = [m for role, m in explanation_request(selfish, [], ExplainerConfig()).messages[1:-1]
              if role == "user"]
-    assert ["Marked tokens" in m for m in shots] == [True, True, False]
+    assert ["Marked tokens" in m for m in shots] == [True, True, False, True]
 
 
 def test_fuzzing_lists_the_marks_after_the_text_and_detection_does_not() -> None:

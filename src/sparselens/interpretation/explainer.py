@@ -67,7 +67,12 @@ SHOTS = (
       "if (count > limit<<)>> {"), "closing parentheses in code"),
     (("The ticket costs <<$>>40 at the door.", "Shares fell to <<€>>12 on Monday.",
       "Prices start at <<£>>9.99 a month."), "currency symbols before prices"),
+    (("She left early<< because>> it rained.", "We won<< because>> we trained hard.",
+      "It failed<< because>> the key was wrong."), "the word because"),
 )
+"""Worked answers: a category when the marked tokens differ, the token itself when one word
+is marked everywhere (without the last one the 1.5B model named `self` "instance variables"
+and `break` "control flow statement")."""
 
 
 @dataclass(frozen=True)
