@@ -222,6 +222,8 @@ def main() -> None:
     parser.add_argument("--n-examples", type=int, default=8)
     parser.add_argument("--answer-tokens", type=int, default=24)
     parser.add_argument("--style", default="short")
+    parser.add_argument("--no-token-hint", action="store_true",
+                        help="the short prompt without the marked-token line and its shot")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -248,7 +250,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     order = alive[torch.randperm(alive.numel(), generator=gen)[:args.latents]].tolist()
     explainer = ExplainerConfig(n_examples=args.n_examples, max_tokens=args.answer_tokens,
-                                style=args.style)
+                                style=args.style, token_hint=not args.no_token_hint)
     scorers = tuple(args.scorers.split(","))
     baselines = tuple(b for b in args.baselines.split(",") if b)
     out_dir = work / "server"
@@ -307,7 +309,7 @@ def families_only(args: argparse.Namespace) -> None:
     table = corpus_table(tokenizer, args.max_tokens)
     before, after = (int(x) for x in args.view.split(","))
     explainer = ExplainerConfig(n_examples=args.n_examples, max_tokens=args.answer_tokens,
-                                style=args.style)
+                                style=args.style, token_hint=not args.no_token_hint)
     out_dir = Path(args.work) / "families"
     with open_llm(args.llm, model=args.model, log_dir=out_dir, slots=1,
                   timeout=1800) as raw:

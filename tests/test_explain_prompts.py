@@ -47,3 +47,11 @@ def test_fuzzing_lists_the_marks_after_the_text_and_detection_does_not() -> None
                                     "Explanation: break statements")
     detect = _request("detection", "break statements", "while x: break")
     assert detect.messages[-1][1] == "Text: while x: break\n\nExplanation: break statements"
+
+
+def test_without_the_token_hint_the_short_prompt_has_three_worked_answers_and_no_list() -> None:
+    selfish = [_context(("def", " f", "(", " self", ")"), 3)] * 3
+    off = explanation_request(selfish, [], ExplainerConfig(token_hint=False))
+    assert [role for role, _ in off.messages].count("assistant") == 3
+    assert "because" not in ExplainerConfig(token_hint=False).template()
+    assert ExplainerConfig().template_id() != ExplainerConfig(token_hint=False).template_id()

@@ -67,12 +67,13 @@ SHOTS = (
       "if (count > limit<<)>> {"), "closing parentheses in code"),
     (("The ticket costs <<$>>40 at the door.", "Shares fell to <<€>>12 on Monday.",
       "Prices start at <<£>>9.99 a month."), "currency symbols before prices"),
-    (("She left early<< because>> it rained.", "We won<< because>> we trained hard.",
-      "It failed<< because>> the key was wrong."), "the word because"),
 )
-"""Worked answers: a category when the marked tokens differ, the token itself when one word
-is marked everywhere (without the last one the 1.5B model named `self` "instance variables"
-and `break` "control flow statement")."""
+"""Worked answers: a category of differing marked tokens."""
+TOKEN_SHOT = (("She left early<< because>> it rained.", "We won<< because>> we trained hard.",
+               "It failed<< because>> the key was wrong."), "the word because")
+"""With `token_hint`, a last worked answer naming one word marked everywhere by itself
+(without it the 1.5B model named `self` "instance variables" and `break` "control flow
+statement" even with the hint)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,12 @@ class ExplainerConfig:
     activation levels and the most frequent marked tokens, as in delphi)."""
     token_hint: bool = True
     """Short style: list the marked tokens (with counts) when one token makes up at least half
-    of the marks, so a single-token feature is named by its token."""
+    of the marks, and add a worked answer that names such a token, so a single-token feature
+    is named by its token. False gives the short prompt without either."""
+
+    def shots(self) -> tuple[tuple[tuple[str, ...], str], ...]:
+        """The worked answers of the short prompt."""
+        return (*SHOTS, TOKEN_SHOT) if self.token_hint else SHOTS
 
     def __post_init__(self) -> None:
         if self.style not in ("short", "delphi"):
@@ -102,7 +108,7 @@ class ExplainerConfig:
     def template(self) -> str:
         """The full prompt template this configuration uses."""
         if self.style == "short":
-            shots = "\n".join(f"[shot] {' | '.join(t)} -> {a}" for t, a in SHOTS)
+            shots = "\n".join(f"[shot] {' | '.join(t)} -> {a}" for t, a in self.shots())
             parts = [SHORT_SYSTEM, shots, SHORT_EXAMPLE,
                      *([f"{SHORT_HINT} (when one token has {HINT_SHARE:.0%} of the marks)"]
                        if self.token_hint else []), SHORT_QUESTION]
@@ -185,7 +191,7 @@ def _short_request(examples: list[Context], contrast: list[Context],
         return token_hint(tokens) if cfg.token_hint else None
 
     messages: list[tuple[str, str]] = [("system", SHORT_SYSTEM)]
-    for shot_texts, answer in SHOTS:
+    for shot_texts, answer in cfg.shots():
         shot_marks = [t for text in shot_texts for t in re.findall(r"<<(.*?)>>", text)]
         messages += [("user", _short_user(list(shot_texts), hint(shot_marks))),
                      ("assistant", answer)]

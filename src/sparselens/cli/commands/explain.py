@@ -49,6 +49,9 @@ class Config:
     chain of thought)."""
     style: str = "short"
     """Explainer prompt: short (few-shot, a noun phrase; for small models) or delphi."""
+    token_hint: bool = True
+    """Short prompt: list the marked tokens when one token has half the marks, with a worked
+    answer naming such a token (names single-token features; see docs/explain.md)."""
     slots: int = 1
     """Requests the local llama.cpp server decodes together (2 keeps the explainer's and the
     judge's prompt caches apart)."""
@@ -94,7 +97,8 @@ def run(cfg: Config) -> int:
                                                       n_contrast=cfg.n_contrast,
                                                       chain_of_thought=cfg.chain_of_thought,
                                                       max_tokens=cfg.answer_tokens,
-                                                      style=cfg.style),
+                                                      style=cfg.style,
+                                                      token_hint=cfg.token_hint),
                             n_test=cfg.n_test, seed=cfg.seed)
     out = Path(cfg.out) if cfg.out else checkpoint / OUTPUT_FOLDER
     with open_llm(cfg.llm, model=cfg.model, api_key=cfg.api_key, concurrency=cfg.concurrency,
