@@ -12,9 +12,10 @@ Two solvers, one result type:
 - **exact**: the dense similarity matrix and `scipy.optimize.linear_sum_assignment`. Memory is
   ``n_a * n_b`` float64 and time about cubic, so it serves widths up to a few thousand.
 - **sparse**: only the `k` most similar partners of every latent (both directions, found in
-  blocks so the dense matrix never exists), a latent free to stay unmatched, solved exactly
-  on that graph with `scipy.sparse.csgraph.min_weight_full_bipartite_matching` (LAPJVsp, on
-  the graph doubled with stand-in nodes so a full matching always exists). Optimal on the graph;
+  blocks so the dense matrix never exists), a latent free to stay unmatched: the
+  maximum-weight matching of that graph, solved exactly per connected component
+  (`partial_matching.py`: dense assignment for small components, LAPJVsp on a rectangular
+  graph with one stand-in per row for large ones). Optimal on the graph;
   against the full problem it comes with a certificate: no one-to-one matching can exceed the
   mean of every latent's best similarity (`upper_bound`), so ``upper_bound - pwmcc`` bounds
   how far from optimal it can be (zero gap = provably optimal). Latents that found no
@@ -35,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from sparselens.evaluation.partial_matching import max_weight_matching
 
 PairSimilarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Similarity of arbitrary pairs ``(rows, cols) -> (n_pairs,)`` float64."""
@@ -175,7 +178,10 @@ def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
                 measure: str, block_similarity: BlockSimilarity | None = None,
                 exact_limit: int = EXACT_LIMIT, refine_below: float = REFINE_BELOW) -> Matching:
     """Optimal matching restricted to the candidate edges (`rows`, `cols`), where a latent may
-    also stay unmatched (`_max_partial_matching`); similarities from `pair_similarity`.
+    also stay unmatched: the maximum-weight matching of the candidate graph weighted by
+    similarity (`partial_matching.max_weight_matching`; a pair of negative similarity is
+    worth less than leaving both latents to the leftovers, whose pairs score about 0);
+    similarities from `pair_similarity`.
 
     Latents left unmatched or matched below `refine_below` (typically those with no
     counterpart at all, whose best assignment uses edges far down their candidate lists) are
@@ -188,7 +194,7 @@ def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
 
     candidates = np.unique(np.asarray(rows, np.int64) * n_b + np.asarray(cols, np.int64))
     r, c = candidates // n_b, candidates % n_b
-    match_r, match_c = _max_partial_matching(n_a, n_b, r, c, pair_similarity(r, c))
+    match_r, match_c = max_weight_matching(n_a, n_b, r, c, pair_similarity(r, c))
     kept = np.ones(match_r.size, bool)
     if block_similarity is not None:
         kept = np.isin(match_r * n_b + match_c, candidates)
@@ -211,33 +217,6 @@ def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
     best = best_a if n_a <= n_b else best_b
     return Matching(match_r, match_c, pair_similarity(match_r, match_c), n_a, n_b, "sparse",
                     float(np.mean(best)), measure, best_a, best_b)
-
-
-def _max_partial_matching(n_a: int, n_b: int, r: np.ndarray, c: np.ndarray, sim: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """A matching on edges (r, c) where a latent may stay unmatched, as a minimum-weight *full*
-    matching of a doubled graph: every row i also has a stand-in column n_b + i (weight 4),
-    every column j a stand-in row n_a + j (weight 4), and stand-in row j meets stand-in column
-    i wherever (i, j) is an edge (weight 3). A full matching with m real pairs then weighs
-    4 (n_a + n_b) - sum over its pairs of (similarity + 2): it maximises the summed
-    similarity + 2, so a pair (similarity >= -1) always beats leaving both latents unmatched
-    and, when the graph has a full matching, this is the best one. (Asking the edges alone for
-    a full matching, with an edge (i, i) per latent so that one exists, forces a latent
-    without candidates, e.g. one that never fires, onto column i and pushes that column's
-    true partner aside.)"""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
-
-    ia, ib = np.arange(n_a, dtype=np.int64), np.arange(n_b, dtype=np.int64)
-    # Weights stay positive (scipy drops explicit zeros): 3 - sim >= 2 for similarities <= 1.
-    graph_r = np.concatenate([r, ia, n_a + ib, n_a + c])
-    graph_c = np.concatenate([c, n_b + ia, ib, n_b + r])
-    weight = np.concatenate([3.0 - sim, np.full(n_a + n_b, 4.0), np.full(r.size, 3.0)])
-    n = n_a + n_b
-    graph = csr_matrix((weight, (graph_r, graph_c)), shape=(n, n))
-    match_r, match_c = (m.astype(np.int64) for m in min_weight_full_bipartite_matching(graph))
-    real = (match_r < n_a) & (match_c < n_b)
-    return match_r[real], match_c[real]
 
 
 @torch.no_grad()

@@ -1,0 +1,106 @@
+"""Maximum-weight matching of a sparse bipartite graph in which a node may stay unmatched.
+
+The sparse matcher of `matching.py` asks: among the candidate edges, which set of disjoint
+pairs has the largest total weight? No node has to be matched (a latent that never fires has
+no partner worth taking). Solved exactly, in three steps that each keep the optimum:
+
+1. Edges of weight <= 0 are dropped: removing such an edge from any matching never lowers its
+   total, so some optimum avoids them all. Nodes left without an edge stay unmatched.
+2. The graph is split into connected components (`scipy.sparse.csgraph.connected_components`);
+   the optimum is the union of the components' optima. Real candidate graphs fall apart into
+   many small pieces (a latent and its twin, a few latents sharing one feature) beside one or
+   a few large ones.
+3. A component of one edge is that edge; one of at most `dense_cells` cells is solved densely
+   (`scipy.optimize.linear_sum_assignment` on its weight block, a missing edge weighing 0,
+   which is what leaving both ends unmatched is worth, so a pair of weight 0 in the answer
+   means "unmatched"); a larger one sparsely with `min_weight_full_bipartite_matching`
+   (LAPJVsp) on a *rectangular* graph: the component's smaller side as rows, each row with one
+   private stand-in column it can always take. scipy then only has to cover the rows. Costs
+   are ``top - weight`` for edges and ``top`` for stand-ins (``top`` above every weight, so all
+   costs are positive), and a full matching costs ``top * n_rows - total weight``.
+
+Why not the earlier square "doubled" graph (stand-in nodes on both sides and a mirrored copy of
+every edge): it has twice the nodes and edges, and scipy's LAPJVsp rescans every column each
+time its shortest-path search moves to a new distance, so its cost grows with the number of
+columns times the nodes a search visits: on two 8,192-latent seeds' activation-correlation
+graphs it ran for more than 25 minutes (see docs/comparison.md for the measurements).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DENSE_CELLS = 1024 * 1024
+"""Components with at most this many (row, column) cells are solved densely (8 MiB)."""
+
+
+def max_weight_matching(n_rows: int, n_cols: int, rows: np.ndarray, cols: np.ndarray,
+                        weight: np.ndarray, dense_cells: int = DENSE_CELLS
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (rows, cols) of a maximum-weight matching on the edges (`rows`, `cols`,
+    `weight`); nodes may stay unmatched, so only edges of positive weight are ever used.
+    Edges must be distinct. Returns int64 arrays sorted by row."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    keep = np.asarray(weight) > 0
+    r = np.asarray(rows, np.int64)[keep]
+    c = np.asarray(cols, np.int64)[keep]
+    w = np.asarray(weight, np.float64)[keep]
+    if r.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    n = n_rows + n_cols
+    adjacency = coo_matrix((np.ones(r.size, np.int8), (r, n_rows + c)), shape=(n, n))
+    _, label = connected_components(adjacency, directed=False)
+    edge_label = label[r]
+    order = np.argsort(edge_label, kind="stable")
+    r, c, w, edge_label = r[order], c[order], w[order], edge_label[order]
+    starts = np.flatnonzero(np.r_[True, edge_label[1:] != edge_label[:-1]])
+    ends = np.r_[starts[1:], r.size]
+    single = ends - starts == 1  # one edge: that edge is the component's optimum
+    out_r, out_c = [r[starts[single]]], [c[starts[single]]]
+    for start, end in zip(starts[~single], ends[~single], strict=True):
+        sub_r, sub_c = _component_matching(r[start:end], c[start:end], w[start:end],
+                                           dense_cells)
+        out_r.append(sub_r)
+        out_c.append(sub_c)
+    match_r, match_c = np.concatenate(out_r), np.concatenate(out_c)
+    order = np.argsort(match_r)
+    return match_r[order], match_c[order]
+
+
+def _component_matching(r: np.ndarray, c: np.ndarray, w: np.ndarray, dense_cells: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-weight matching of one connected component (positive weights)."""
+    from scipy.optimize import linear_sum_assignment
+
+    row_ids, local_r = np.unique(r, return_inverse=True)
+    col_ids, local_c = np.unique(c, return_inverse=True)
+    if row_ids.size * col_ids.size <= dense_cells:
+        block = np.zeros((row_ids.size, col_ids.size))
+        block[local_r, local_c] = w
+        sub_r, sub_c = linear_sum_assignment(block, maximize=True)
+        taken = block[sub_r, sub_c] > 0  # a zero cell is no edge: both ends stay unmatched
+        return row_ids[sub_r[taken]], col_ids[sub_c[taken]]
+    if row_ids.size > col_ids.size:
+        sub_c, sub_r = _sparse_matching(col_ids.size, row_ids.size, local_c, local_r, w)
+    else:
+        sub_r, sub_c = _sparse_matching(row_ids.size, col_ids.size, local_r, local_c, w)
+    return row_ids[sub_r], col_ids[sub_c]
+
+
+def _sparse_matching(n_rows: int, n_cols: int, r: np.ndarray, c: np.ndarray, w: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-weight matching by LAPJVsp on the rectangular graph with one private stand-in
+    column per row (`n_rows <= n_cols`; see the module docstring)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    top = float(w.max()) + 1.0  # every cost >= 1: scipy drops zero weights
+    ids = np.arange(n_rows, dtype=np.int64)
+    graph = csr_matrix((np.r_[top - w, np.full(n_rows, top)],
+                        (np.r_[r, ids], np.r_[c, n_cols + ids])),
+                       shape=(n_rows, n_cols + n_rows))
+    match_r, match_c = (m.astype(np.int64) for m in min_weight_full_bipartite_matching(graph))
+    real = match_c < n_cols
+    return match_r[real], match_c[real]
