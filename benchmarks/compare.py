@@ -54,10 +54,10 @@ def decoders(n: int, d: int, seed: int = 0):
 def match_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from sparselens.evaluation.candidates import decoder_candidates
     from sparselens.evaluation.matching import (
         cosine_block,
         cosine_pairs,
-        decoder_candidates,
         match_decoders,
         match_graph,
         unit_rows,

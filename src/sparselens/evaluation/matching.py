@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparselens.evaluation.candidates import decoder_candidates
 from sparselens.evaluation.partial_matching import max_weight_matching
 
 PairSimilarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -219,34 +220,6 @@ def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
                     float(np.mean(best)), measure, best_a, best_b)
 
 
-@torch.no_grad()
-def top_candidates(a: Tensor, b: Tensor, k: int, block: int = 1024
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The `k` largest entries of ``a @ b.T`` per row and per column, in row blocks.
-
-    Returns (row values ``(n_a, k)``, row indices into b, column values ``(k, n_b)``, column
-    indices into a). Peak memory is one ``block x n_b`` float32 tile plus the running top-k.
-    """
-    n_a, n_b = a.shape[0], b.shape[0]
-    k_row, k_col = min(k, n_b), min(k, n_a)
-    row_val = a.new_empty((n_a, k_row))
-    row_idx = torch.empty((n_a, k_row), dtype=torch.long, device=a.device)
-    col_val = a.new_full((k_col, n_b), float("-inf"))
-    col_idx = torch.zeros((k_col, n_b), dtype=torch.long, device=a.device)
-    bt = b.T.contiguous()
-    for start in range(0, n_a, block):
-        tile = a[start:start + block] @ bt
-        row_val[start:start + block], row_idx[start:start + block] = tile.topk(k_row, dim=1)
-        kk = min(k_col, tile.shape[0])
-        val, idx = tile.topk(kk, dim=0)
-        merged_val = torch.cat([col_val, val])
-        merged_idx = torch.cat([col_idx, idx + start])
-        keep = merged_val.topk(k_col, dim=0).indices
-        col_val, col_idx = merged_val.gather(0, keep), merged_idx.gather(0, keep)
-        del tile
-    return row_val, row_idx, col_val, col_idx
-
-
 def match_decoders(w_a: Tensor, w_b: Tensor, k: int = 16, exact_limit: int = EXACT_LIMIT,
                    block: int = 1024) -> Matching:
     """Optimal one-to-one matching of decoder directions (rows of ``W_dec``) by cosine.
@@ -269,20 +242,6 @@ def match_decoders(w_a: Tensor, w_b: Tensor, k: int = 16, exact_limit: int = EXA
     rows, cols, best_a, best_b = decoder_candidates(a, b, k, block)
     return match_graph(a.shape[0], b.shape[0], rows, cols, cosine_pairs(w_a, w_b), best_a,
                        best_b, "decoder_cosine", cosine_block(w_a, w_b), exact_limit)
-
-
-def decoder_candidates(a: Tensor, b: Tensor, k: int, block: int = 1024
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate edges (rows, cols) between unit decoders: each latent's `k` nearest partners
-    in both directions; and each latent's best cosine (best_a, best_b)."""
-    row_val, row_idx, col_val, col_idx = top_candidates(a, b, k, block)
-    n_a, n_b = a.shape[0], b.shape[0]
-    rows = np.concatenate([np.repeat(np.arange(n_a), row_idx.shape[1]),
-                           col_idx.flatten().cpu().numpy()])
-    cols = np.concatenate([row_idx.flatten().cpu().numpy(),
-                           np.tile(np.arange(n_b), col_idx.shape[0])])
-    return (rows, cols, row_val[:, 0].double().cpu().numpy(),
-            col_val[0].double().cpu().numpy())
 
 
 def pwmcc(w_a: Tensor, w_b: Tensor, **options: Any) -> float:
