@@ -36,7 +36,10 @@ def top_candidates(a: Tensor, b: Tensor, k: int, block: int = 1024
     Returns (row values ``(n_a, k)``, row indices into b, column values ``(k, n_b)``, column
     indices into a); values in float32 whatever the inputs' dtype (bfloat16 inputs give
     bfloat16-rounded values). Peak memory is one ``block x n_b`` float32 tile plus the running
-    top-k.
+    top-k. Per column, only the entries of a tile above that column's running k-th best can
+    enter its top k, and after the first blocks they are few: they are merged by one sort
+    (`_merge_columns`) instead of a top-k down every column of every tile (a strided scan
+    that cost as much as the GEMM).
     """
     n_a, n_b = a.shape[0], b.shape[0]
     k_row, k_col = min(k, n_b), min(k, n_a)
@@ -48,14 +51,38 @@ def top_candidates(a: Tensor, b: Tensor, k: int, block: int = 1024
     for start in range(0, n_a, block):
         tile = (a[start:start + block] @ bt).float()
         row_val[start:start + block], row_idx[start:start + block] = tile.topk(k_row, dim=1)
-        kk = min(k_col, tile.shape[0])
-        val, idx = tile.topk(kk, dim=0)
-        merged_val = torch.cat([col_val, val])
-        merged_idx = torch.cat([col_idx, idx + start])
-        keep = merged_val.topk(k_col, dim=0).indices
-        col_val, col_idx = merged_val.gather(0, keep), merged_idx.gather(0, keep)
+        col_val, col_idx = _merge_columns(tile, start, col_val, col_idx)
         del tile
     return row_val, row_idx, col_val, col_idx
+
+
+def _merge_columns(tile: Tensor, start: int, col_val: Tensor, col_idx: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+    """The running per-column top k ``(k, n_b)`` (descending) updated with a tile whose rows
+    are `start`, `start + 1`, ...: entries above a column's current k-th value, merged with
+    that column's current top k by one sort on (column, value)."""
+    k, n_b = col_val.shape
+    hit_r, hit_c = (tile > col_val[-1]).nonzero(as_tuple=True)
+    if hit_r.numel() == 0:
+        return col_val, col_idx
+    if hit_r.numel() > tile.numel() // 4:  # the first blocks: most entries qualify
+        val, idx = tile.topk(min(k, tile.shape[0]), dim=0)
+        merged_val = torch.cat([col_val, val])
+        keep = merged_val.topk(k, dim=0).indices
+        return merged_val.gather(0, keep), torch.cat([col_idx, idx + start]).gather(0, keep)
+    cols = torch.unique(hit_c)
+    values = torch.cat([col_val[:, cols].T.flatten(), tile[hit_r, hit_c]])
+    rows = torch.cat([col_idx[:, cols].T.flatten(), hit_r + start])
+    slot = torch.searchsorted(cols, hit_c)  # position of each hit's column within `cols`
+    owner = torch.cat([torch.arange(cols.numel()).repeat_interleave(k), slot])
+    order = torch.sort(values, descending=True, stable=True).indices
+    order = order[torch.sort(owner[order], stable=True).indices]  # by column, best first
+    counts = torch.bincount(owner, minlength=cols.numel())
+    first = torch.cumsum(counts, 0) - counts
+    take = first.unsqueeze(0) + torch.arange(k).unsqueeze(1)  # (k, n_cols): each column's top k
+    col_val[:, cols] = values[order][take]
+    col_idx[:, cols] = rows[order][take]
+    return col_val, col_idx
 
 
 def bfloat16_error_bound(d: int) -> float:
