@@ -29,11 +29,11 @@ def test_bfloat16_scores_stay_within_the_error_bound() -> None:
     """Random rows, and rows sharing a large common direction (scores near 1, where the
     rounding of the result is largest)."""
     gen = torch.Generator().manual_seed(0)
-    for d in (64, 640):
+    for d, n_a, n_b in ((64, 300, 400), (640, 300, 400), (640, 1024, 2048)):  # + a search tile
         common = torch.randn(d, generator=gen)
         for shift in (0.0, 5.0):
-            a = unit_rows(torch.randn(300, d, generator=gen) + shift * common)
-            b = unit_rows(torch.randn(400, d, generator=gen) + shift * common)
+            a = unit_rows(torch.randn(n_a, d, generator=gen) + shift * common)
+            b = unit_rows(torch.randn(n_b, d, generator=gen) + shift * common)
             approx = (a.bfloat16() @ b.bfloat16().T).double()
             error = (approx - a.double() @ b.double().T).abs().max().item()
             assert error <= bfloat16_error_bound(d)
