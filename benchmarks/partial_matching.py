@@ -156,6 +156,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     out = {"partial_s": seconds, "pairs": int(rows.size),
            "objective": float((matched + spec["bonus"]).sum()),
            "similarity_sum": float(matched.sum())}
+    if not (folder / "codes_a.npz").exists():  # a decoder graph (no codes): the solver only
+        return {**out, "peak_rss_mb": peak_mb()}
     stats = correlation_stats(load_npz(folder / "codes_a.npz"), load_npz(folder / "codes_b.npz"))
     matching.max_weight_matching = lambda n_a, n_b, r, c, sim: solve(n_a, n_b, r, c, sim)
     start = time.perf_counter()
@@ -192,9 +194,10 @@ def solve(args: argparse.Namespace) -> None:
             print(f"bonus {bonus:3.1f} {name:12s} " + (
                 result["error"] if "error" in result else
                 f"partial {result['partial_s']:8.2f} s  pairs {result['pairs']:6d}  "
-                f"objective {result['objective']:.6f}  match_graph {result['match_graph_s']:7.2f}"
-                f" s  PW-MCC {result['pwmcc']:.4f} (bound {result['upper_bound']:.4f})  "
-                f"peak {result['peak_rss_mb']:.0f} MB"), flush=True)
+                f"objective {result['objective']:.6f}  " + (
+                    f"match_graph {result['match_graph_s']:7.2f} s  PW-MCC {result['pwmcc']:.4f}"
+                    f" (bound {result['upper_bound']:.4f})  " if "pwmcc" in result else "")
+                + f"peak {result['peak_rss_mb']:.0f} MB"), flush=True)
     record = {"command": "python " + " ".join(sys.argv),
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "loadavg_end": os.getloadavg(), "graph": info, "runs": runs}

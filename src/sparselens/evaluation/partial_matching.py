@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
+MAX_ROUNDS = 50
+"""Rounds of fixing dominant edges (each round is a few sorts of the remaining edges)."""
 DENSE_CELLS = 1024 * 1024
 """Components with at most this many (row, column) cells are solved densely (8 MiB)."""
 
@@ -47,8 +49,19 @@ def max_weight_matching(n_rows: int, n_cols: int, rows: np.ndarray, cols: np.nda
     r = np.asarray(rows, np.int64)[keep]
     c = np.asarray(cols, np.int64)[keep]
     w = np.asarray(weight, np.float64)[keep]
+    fixed_r, fixed_c = [], []
+    for _ in range(MAX_ROUNDS):
+        dominant = _dominant_edges(n_rows, n_cols, r, c, w)
+        if not dominant.any():
+            break
+        fixed_r.append(r[dominant])
+        fixed_c.append(c[dominant])
+        free_r, free_c = np.ones(n_rows, bool), np.ones(n_cols, bool)
+        free_r[r[dominant]], free_c[c[dominant]] = False, False
+        keep = free_r[r] & free_c[c]
+        r, c, w = r[keep], c[keep], w[keep]
     if r.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return _sorted(fixed_r, fixed_c)
     n = n_rows + n_cols
     adjacency = coo_matrix((np.ones(r.size, np.int8), (r, n_rows + c)), shape=(n, n))
     _, label = connected_components(adjacency, directed=False)
@@ -58,15 +71,56 @@ def max_weight_matching(n_rows: int, n_cols: int, rows: np.ndarray, cols: np.nda
     starts = np.flatnonzero(np.r_[True, edge_label[1:] != edge_label[:-1]])
     ends = np.r_[starts[1:], r.size]
     single = ends - starts == 1  # one edge: that edge is the component's optimum
-    out_r, out_c = [r[starts[single]]], [c[starts[single]]]
+    out_r, out_c = [*fixed_r, r[starts[single]]], [*fixed_c, c[starts[single]]]
     for start, end in zip(starts[~single], ends[~single], strict=True):
         sub_r, sub_c = _component_matching(r[start:end], c[start:end], w[start:end],
                                            dense_cells)
         out_r.append(sub_r)
         out_c.append(sub_c)
-    match_r, match_c = np.concatenate(out_r), np.concatenate(out_c)
+    return _sorted(out_r, out_c)
+
+
+def _sorted(rows: list[np.ndarray], cols: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of several partial results, as int64 arrays sorted by row."""
+    match_r = np.concatenate([np.zeros(0, np.int64), *rows])
+    match_c = np.concatenate([np.zeros(0, np.int64), *cols])
     order = np.argsort(match_r)
     return match_r[order], match_c[order]
+
+
+def _dominant_edges(n_rows: int, n_cols: int, r: np.ndarray, c: np.ndarray, w: np.ndarray
+                    ) -> np.ndarray:
+    """Edges that some maximum-weight matching contains: (i, j) weighing at least the best
+    other edge of i plus the best other edge of j (0 where there is none). Exchange argument:
+    in an optimum pairing i with j' and j with i', swapping both pairs for (i, j) loses
+    nothing. Only edges that are their row's and their column's first best edge are taken,
+    so no two share a node; taking one keeps the others dominant (removing edges only lowers
+    the others' rivals), so all are taken at once."""
+    arg_r, second_r, first_r = _best_two(r, w, n_rows)
+    arg_c, second_c, first_c = _best_two(c, w, n_cols)
+    edge = np.arange(r.size)
+    top_r, top_c = arg_r[r] == edge, arg_c[c] == edge
+    rival_r = np.where(top_r, second_r[r], first_r[r])
+    rival_c = np.where(top_c, second_c[c], first_c[c])
+    return top_r & top_c & (w >= rival_r + rival_c)
+
+
+def _best_two(group: np.ndarray, w: np.ndarray, n: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per node: the index of its best edge (-1 if none), its second-best and best weight
+    (0 where there is none; weights are positive)."""
+    order = np.lexsort((-w, group))
+    g = group[order]
+    first = np.r_[True, g[1:] != g[:-1]] if g.size else np.zeros(0, bool)
+    arg = np.full(n, -1, np.int64)
+    best, second = np.zeros(n), np.zeros(n)
+    arg[g[first]] = order[first]
+    best[g[first]] = w[order[first]]
+    nxt = np.flatnonzero(first) + 1
+    nxt = nxt[nxt < g.size]
+    nxt = nxt[g[nxt] == g[nxt - 1]]
+    second[g[nxt]] = w[order[nxt]]
+    return arg, second, best
 
 
 def _component_matching(r: np.ndarray, c: np.ndarray, w: np.ndarray, dense_cells: int
