@@ -2,15 +2,16 @@
 
 The sparse matcher of `matching.py` asks: among the candidate edges, which set of disjoint
 pairs has the largest total weight? No node has to be matched (a latent that never fires has
-no partner worth taking). Solved exactly, in three steps that each keep the optimum:
+no partner worth taking). Solved exactly, in steps that each keep the optimum:
 
 1. Edges of weight <= 0 are dropped: removing such an edge from any matching never lowers its
    total, so some optimum avoids them all. Nodes left without an edge stay unmatched.
-2. The graph is split into connected components (`scipy.sparse.csgraph.connected_components`);
-   the optimum is the union of the components' optima. Real candidate graphs fall apart into
-   many small pieces (a latent and its twin, a few latents sharing one feature) beside one or
-   a few large ones.
-3. A component of one edge is that edge; one of at most `dense_cells` cells is solved densely
+2. Dominant edges are fixed, in rounds: an edge weighing at least the best other edge of its
+   row plus the best other edge of its column is in some optimum (`_dominant_edges`). A latent
+   with a clear counterpart (a twin at cosine 0.85 among partners at 0.15) is settled here.
+3. The rest is split into connected components (`scipy.sparse.csgraph.connected_components`);
+   the optimum is the union of the components' optima.
+4. A component of one edge is that edge; one of at most `dense_cells` cells is solved densely
    (`scipy.optimize.linear_sum_assignment` on its weight block, a missing edge weighing 0,
    which is what leaving both ends unmatched is worth, so a pair of weight 0 in the answer
    means "unmatched"); a larger one sparsely with `min_weight_full_bipartite_matching`
@@ -20,10 +21,12 @@ no partner worth taking). Solved exactly, in three steps that each keep the opti
    costs are positive), and a full matching costs ``top * n_rows - total weight``.
 
 Why not the earlier square "doubled" graph (stand-in nodes on both sides and a mirrored copy of
-every edge): it has twice the nodes and edges, and scipy's LAPJVsp rescans every column each
-time its shortest-path search moves to a new distance, so its cost grows with the number of
-columns times the nodes a search visits: on two 8,192-latent seeds' activation-correlation
-graphs it ran for more than 25 minutes (see docs/comparison.md for the measurements).
+every edge): on the activation-correlation graph of two 8,192-latent seeds (one component of
+7,505 x 7,515 latents) LAPJVsp did not finish in 20 minutes on it, against seconds for the
+rectangular graph. The rectangular graph has its own weakness: scipy skips its initial
+(column reduction, augmenting row reduction) phase for non-square graphs, so every row runs a
+shortest-path search; on 16,384-latent decoder graphs that made it 6x slower than the doubled
+graph, which step 2 removes (docs/comparison.md has the measurements).
 """
 
 from __future__ import annotations
