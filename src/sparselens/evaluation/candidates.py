@@ -103,9 +103,8 @@ def bfloat16_error_bound(d: int) -> float:
 def rescore(a: Tensor, b: Tensor, idx: Tensor) -> Tensor:
     """``(n_a, m)`` float64 dot products of each row of `a` with the rows ``b[idx[i]]``."""
     out = torch.empty(idx.shape, dtype=torch.float64)
-    a64 = a.double()
-    for start in range(0, a.shape[0], RESCORE_ROWS):
-        rows = a64[start:start + RESCORE_ROWS].unsqueeze(1)
+    for start in range(0, a.shape[0], RESCORE_ROWS):  # float64 copies of one block at a time
+        rows = a[start:start + RESCORE_ROWS].double().unsqueeze(1)
         partners = b[idx[start:start + RESCORE_ROWS]].double()
         out[start:start + RESCORE_ROWS] = (rows @ partners.transpose(1, 2)).squeeze(1)
     return out
