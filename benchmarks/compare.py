@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +56,10 @@ def decoders(n: int, d: int, seed: int = 0):
 def match_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from sparselens.evaluation.candidates import decoder_candidates, use_bfloat16
     from sparselens.evaluation.matching import (
         cosine_block,
         cosine_pairs,
-        decoder_candidates,
         match_decoders,
         match_graph,
         unit_rows,
@@ -73,7 +75,11 @@ def match_worker(spec: dict[str, Any]) -> dict[str, Any]:
         out["total_s"] = time.perf_counter() - start
     else:
         start = time.perf_counter()
-        rows, cols, best_a, best_b = decoder_candidates(unit_rows(a), unit_rows(b), spec["k"])
+        precision = {"auto": None, "bfloat16": True, "float32": False}[spec["precision"]]
+        rows, cols, best_a, best_b = decoder_candidates(unit_rows(a), unit_rows(b), spec["k"],
+                                                        bfloat16=precision)
+        out["bfloat16_search"] = (use_bfloat16(torch.device("cpu")) if precision is None
+                                  else precision)
         out["candidates_s"] = time.perf_counter() - start
         mid = time.perf_counter()
         m = match_graph(a.shape[0], b.shape[0], rows, cols, cosine_pairs(a, b), best_a, best_b,
@@ -151,6 +157,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 65536])
     parser.add_argument("--d", type=int, default=640)
     parser.add_argument("--k", type=int, default=16, help="candidates per latent")
+    parser.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
+                        help="candidate search GEMM (auto: bfloat16 where it is native)")
     parser.add_argument("--itda", help="activation cache for the ITDA vs SAE comparison")
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.03, 0.01],
@@ -165,7 +173,7 @@ def main() -> None:
     for n in args.sizes if args.sizes != [0] else []:
         for solver in (["exact", "sparse"] if n <= 4096 else ["sparse"]):
             result = run_isolated({"kind": "match", "n": n, "d": args.d, "k": args.k,
-                                   "solver": solver}, __file__)
+                                   "solver": solver, "precision": args.precision}, __file__)
             runs.append(result)
             print(f"n={n:6d} {solver:6s} " + ("error: " + result["error"] if "error" in result
                   else f"total {result['total_s']:8.1f} s  candidates "
@@ -174,8 +182,12 @@ def main() -> None:
                        f"{result['peak_rss_mb']:7.0f} MB  PW-MCC {result['pwmcc']:.4f} "
                        f"(bound {result['upper_bound']:.4f})"), flush=True)
     record: dict[str, Any] = {"machine": "2 cores, shared with other jobs"}
+    suffix = "" if args.precision == "auto" else f"_{args.precision}"
     if runs:
-        record["matching"] = runs
+        record["matching" + suffix] = runs
+        record["matching_run" + suffix] = {"command": "python " + " ".join(sys.argv),
+                                  "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                                  "loadavg_end": os.getloadavg()}
     previous = RESULTS / "compare.json"
     if previous.exists():  # keep the other part of an earlier run
         record = {**json.loads(previous.read_text()), **record}

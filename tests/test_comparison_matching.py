@@ -125,3 +125,26 @@ def test_sparse_codes_objects_are_accepted() -> None:
 def test_codes_on_different_tokens_are_refused() -> None:
     with pytest.raises(ValueError, match="same tokens"):
         match_activations(torch.rand(10, 3), torch.rand(11, 3))
+
+
+def test_a_tie_break_pairs_latents_that_fire_on_the_same_single_token() -> None:
+    """Latents firing once each, on the same token, correlate exactly 1 with each other's
+    twins: correlation alone cannot pair them right, decoder cosine as a tie-break does, and
+    the reported similarities stay correlations."""
+    from sparselens.evaluation.matching import cosine_block, cosine_pairs
+
+    codes = _sparse_codes(3000, 120, 13)
+    codes[:, :12] = 0
+    for pair in range(6):  # latents 2p and 2p + 1 fire once, on token p
+        codes[pair, 2 * pair] = 1.0
+        codes[pair, 2 * pair + 1] = 2.0
+    perm = torch.randperm(120, generator=torch.Generator().manual_seed(14))
+    w = _decoder(120, 16, 15)
+    tie_break = (cosine_pairs(w, w[perm]), cosine_block(w, w[perm]))
+    for limit in (10**9, 0):
+        plain = match_activations(codes, codes[:, perm], k=4, exact_limit=limit)
+        m = match_activations(codes, codes[:, perm], k=4, exact_limit=limit,
+                              tie_break=tie_break)
+        assert (perm[torch.as_tensor(m.cols)] == torch.as_tensor(m.rows)).all()
+        assert m.pwmcc == pytest.approx(1.0) and m.pwmcc == pytest.approx(plain.pwmcc)
+        assert m.similarity.max() <= 1.0 and m.upper_bound == pytest.approx(1.0)

@@ -62,3 +62,17 @@ def test_the_fast_permutation_path_equals_the_definitions() -> None:
     order = torch.randperm(60, generator=torch.Generator().manual_seed(4))
     assert result.baseline_svcca[0] == pytest.approx(svcca(w_a, w_b[order]), abs=1e-9)
     assert result.baseline_cka[0] == pytest.approx(linear_cka(w_a, w_b[order]), abs=1e-9)
+
+
+def test_svcca_says_plainly_when_fewer_pairs_than_directions_make_it_uninformative() -> None:
+    """With fewer pairs than kept directions, random pairings score SVCCA about 1: the record
+    and the console line say so, and the floor is a true lower bound of every pairing."""
+    w_a, w_b = _rand(300, 64, seed=7), _rand(300, 64, seed=8)
+    few = paired_space_similarity(w_a, w_b, np.arange(40), np.arange(40), n_permutations=10)
+    assert few.dims[0] + few.dims[1] > 39 and few.svcca_floor > 0.5
+    assert min(few.baseline_svcca) >= few.svcca_floor - 1e-9
+    assert few.svcca >= few.svcca_floor - 1e-9
+    assert "uninformative" in few.describe() and few.summary()["svcca_note"]
+    many = paired_space_similarity(w_a, w_b, np.arange(300), np.arange(300), n_permutations=3)
+    assert many.svcca_floor == 0 and many.svcca_note() is None
+    assert "uninformative" not in many.describe()

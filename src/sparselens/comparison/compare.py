@@ -22,7 +22,7 @@ from sparselens.comparison.lan_filter import PairFilter, filter_pairs, token_pro
 from sparselens.comparison.splitting import SplitFit, feature_splits
 from sparselens.comparison.universality import SpaceSimilarity, paired_space_similarity
 from sparselens.dictionaries.base import Dictionary
-from sparselens.evaluation.matching import Matching, match_decoders
+from sparselens.evaluation.matching import Matching, cosine_block, cosine_pairs, match_decoders
 from sparselens.interpretation.examples import ExampleCollector, FeatureExamples
 
 
@@ -218,8 +218,9 @@ def compare_dictionaries(a: Dictionary, b: Dictionary, names: tuple[str, str] = 
             rows = semantic_rows(tokenizer, shared.token_ids[0])
             shared.semantic = (rows, rows)
     if shared is not None:
+        tie_break = None if decoder is None else (cosine_pairs(w_a, w_b), cosine_block(w_a, w_b))
         activation = match_activations(shared.codes_a, shared.codes_b, k=options.k,
-                                       exact_limit=options.exact_limit)
+                                       exact_limit=options.exact_limit, tie_break=tie_break)
         keep, pair_filter = _lan_filter(activation, shared, options)
         if keep.sum() >= 3:
             universality = paired_space_similarity(w_a, w_b, activation.rows[keep],

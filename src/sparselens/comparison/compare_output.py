@@ -38,6 +38,11 @@ def _universality_rows(result: Comparison) -> list[dict[str, Any]]:
             for name in ("svcca", "cka")]
 
 
+def _svcca_note(result: Comparison) -> str:
+    note = result.universality.svcca_note() if result.universality else None
+    return f"<p class='note'>{note}</p>" if note else ""
+
+
 def _novel_html(result: Comparison, side: str, limit: int, tokens: Tensor | None,
                 tokenizer: object | None, names: dict[int, str]) -> str:
     latents = result.novel[side][:limit]
@@ -89,6 +94,7 @@ def write_comparison(result: Comparison, out: str | os.PathLike, tokens: Tensor 
         sections.append(("Universality of the paired feature spaces (Lan et al.)",
                          table(_universality_rows(result), ["measure", "paired",
                                "random pairings (mean)", "random (std)", "p-value"])
+                         + _svcca_note(result)
                          if result.universality else "<p>Too few pairs above the minimum "
                          "correlation.</p>"))
     if result.splits:

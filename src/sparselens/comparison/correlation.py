@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sparselens.evaluation.matching import EXACT_LIMIT, Matching, match_dense, match_graph
+from sparselens.evaluation.matching import (
+    EXACT_LIMIT,
+    BlockSimilarity,
+    Matching,
+    PairSimilarity,
+    match_dense,
+    match_graph,
+)
 
 
 def codes_matrix(codes: Any) -> Any:
@@ -138,17 +145,53 @@ def correlation_stats(codes_a: Any, codes_b: Any) -> CorrelationStats:
     return CorrelationStats(co, mean_a, mean_b, std_a, std_b, n)
 
 
+TIE_BREAK = 1e-9
+"""Weight of the tie-break similarity added to correlations while solving (never reported)."""
+
+
 def match_activations(codes_a: Any, codes_b: Any, k: int = 16,
-                      exact_limit: int = EXACT_LIMIT) -> Matching:
-    """Optimal one-to-one matching of latents by activation correlation on shared tokens."""
+                      exact_limit: int = EXACT_LIMIT,
+                      tie_break: tuple[PairSimilarity, BlockSimilarity] | None = None
+                      ) -> Matching:
+    """Optimal one-to-one matching of latents by activation correlation on shared tokens.
+
+    `tie_break` (pair and block similarity functions, e.g. decoder cosine) decides between
+    matchings of equal correlation: latents that fire on exactly the same tokens with
+    proportional values (a real SAE has pairs that fire once each, on the same token)
+    correlate exactly 1 with each other's partners, and only another measure can tell which
+    pairing is right. It is added with weight `TIE_BREAK` while solving, so it cannot move
+    the summed correlation by more than ``TIE_BREAK * 2 * min(n_a, n_b)``; reported
+    similarities and best partners are correlations only.
+    """
     stats = correlation_stats(codes_a, codes_b)
     n_a, n_b = stats.co.shape
+    pairs, block = stats.pairs, stats.block
+    if tie_break is not None:
+        def pairs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            return stats.pairs(r, c) + TIE_BREAK * tie_break[0](r, c)
+
+        def block(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            return stats.block(r, c) + TIE_BREAK * tie_break[1](r, c)
     if n_a * n_b <= exact_limit:
-        return match_dense(stats.block(np.arange(n_a), np.arange(n_b)),
-                           "activation_correlation")
+        ia, ib = np.arange(n_a), np.arange(n_b)
+        result = match_dense(block(ia, ib), "activation_correlation")
+        if tie_break is not None:
+            result = match_dense_report(stats.block(ia, ib), result)
+        return result
     rows, cols, best_a, best_b = stats.candidate_edges(k)
-    return match_graph(n_a, n_b, rows, cols, stats.pairs, best_a, best_b,
-                       "activation_correlation", stats.block, exact_limit)
+    result = match_graph(n_a, n_b, rows, cols, pairs, best_a, best_b,
+                         "activation_correlation", block, exact_limit)
+    result.similarity = stats.pairs(result.rows, result.cols)
+    return result
+
+
+def match_dense_report(similarity: np.ndarray, solved: Matching) -> Matching:
+    """`solved` (pairs chosen on a perturbed matrix) scored on the plain `similarity`."""
+    best_a, best_b = similarity.max(axis=1), similarity.max(axis=0)
+    best = best_a if similarity.shape[0] <= similarity.shape[1] else best_b
+    return Matching(solved.rows, solved.cols, similarity[solved.rows, solved.cols],
+                    solved.n_a, solved.n_b, solved.method, float(best.mean()), solved.measure,
+                    best_a, best_b)
 
 
 def best_partners(codes_a: Any, codes_b: Any) -> tuple[np.ndarray, np.ndarray]:

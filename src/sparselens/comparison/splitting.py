@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sparselens.evaluation.matching import top_candidates, unit_rows
+from sparselens.evaluation.candidates import top_candidates
+from sparselens.evaluation.matching import unit_rows
 
 
 @dataclass

@@ -68,13 +68,49 @@ class SpaceSimilarity:
     cka: float
     baseline_svcca: list[float]
     baseline_cka: list[float]
+    dims: tuple[int, int] = (0, 0)
+    """Singular directions SVCCA kept on each side (`keep_variance` of the variance)."""
+
+    @property
+    def svcca_floor(self) -> float:
+        """The least SVCCA *any* pairing of these samples can score. The kept directions are
+        subspaces of the centred sample space (dimension n_pairs - 1); two subspaces of
+        dimensions p and q in it share at least p + q - (n_pairs - 1) directions, each a
+        canonical correlation of 1. With fewer pairs than kept directions (p + q >= n - 1)
+        random pairings score near 1 and SVCCA says nothing."""
+        p, q = self.dims
+        shared = max(0, p + q - (self.n_pairs - 1))
+        return shared / max(1, min(p, q))
+
+    def svcca_note(self) -> str | None:
+        """A plain warning when SVCCA cannot tell paired from random features."""
+        p, q = self.dims
+        if self.svcca_floor <= 0:
+            return None
+        return (f"SVCCA is uninformative here: with {self.n_pairs} pairs, the {p} and {q} "
+                f"directions kept must share at least {p + q - (self.n_pairs - 1)}, so any "
+                f"pairing scores at least {self.svcca_floor:.3f}; read CKA, or pair more "
+                "latents")
 
     def _p(self, value: float, baseline: list[float]) -> float:
         """One-sided permutation p-value: (1 + #random pairings at least as similar) / (1 + n)."""
         return (1 + sum(b >= value for b in baseline)) / (1 + len(baseline))
 
+    def describe(self) -> str:
+        """One line for the console: both scores against random pairings (and the note)."""
+        parts = []
+        for name, value, base in (("SVCCA", self.svcca, self.baseline_svcca),
+                                  ("CKA", self.cka, self.baseline_cka)):
+            chance = (f" (random pairings {np.mean(base):.4f} ± {np.std(base):.4f}, "
+                      f"p = {self._p(value, base):.3g})" if base else "")
+            parts.append(f"{name} {value:.4f}{chance}")
+        note = self.svcca_note()
+        return f"{self.n_pairs} pairs: " + ", ".join(parts) + (f"; {note}" if note else "")
+
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"n_pairs": self.n_pairs, "n_permutations": len(self.baseline_cka)}
+        out: dict[str, Any] = {"n_pairs": self.n_pairs, "n_permutations": len(self.baseline_cka),
+                               "svcca_dims": list(self.dims), "svcca_floor": self.svcca_floor,
+                               "svcca_note": self.svcca_note()}
         for name, value, base in (("svcca", self.svcca, self.baseline_svcca),
                                   ("cka", self.cka, self.baseline_cka)):
             out[name] = {"paired": value, "random_mean": float(np.mean(base)) if base else None,
@@ -113,4 +149,4 @@ def paired_space_similarity(w_a: Tensor, w_b: Tensor, rows: np.ndarray, cols: np
                 for _ in range(n_permutations)]
     paired = scores(torch.arange(y.shape[0]))
     return SpaceSimilarity(int(rows.size), paired[0], paired[1], [b[0] for b in baseline],
-                           [b[1] for b in baseline])
+                           [b[1] for b in baseline], (int(ux.shape[1]), int(uy.shape[1])))

@@ -12,9 +12,10 @@ Two solvers, one result type:
 - **exact**: the dense similarity matrix and `scipy.optimize.linear_sum_assignment`. Memory is
   ``n_a * n_b`` float64 and time about cubic, so it serves widths up to a few thousand.
 - **sparse**: only the `k` most similar partners of every latent (both directions, found in
-  blocks so the dense matrix never exists), a latent free to stay unmatched, solved exactly
-  on that graph with `scipy.sparse.csgraph.min_weight_full_bipartite_matching` (LAPJVsp, on
-  the graph doubled with stand-in nodes so a full matching always exists). Optimal on the graph;
+  blocks so the dense matrix never exists), a latent free to stay unmatched: the
+  maximum-weight matching of that graph, solved exactly per connected component
+  (`partial_matching.py`: dense assignment for small components, LAPJVsp on a rectangular
+  graph with one stand-in per row for large ones). Optimal on the graph;
   against the full problem it comes with a certificate: no one-to-one matching can exceed the
   mean of every latent's best similarity (`upper_bound`), so ``upper_bound - pwmcc`` bounds
   how far from optimal it can be (zero gap = provably optimal). Latents that found no
@@ -35,6 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from sparselens.evaluation.candidates import decoder_candidates
+from sparselens.evaluation.partial_matching import max_weight_matching
 
 PairSimilarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Similarity of arbitrary pairs ``(rows, cols) -> (n_pairs,)`` float64."""
@@ -175,7 +179,10 @@ def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
                 measure: str, block_similarity: BlockSimilarity | None = None,
                 exact_limit: int = EXACT_LIMIT, refine_below: float = REFINE_BELOW) -> Matching:
     """Optimal matching restricted to the candidate edges (`rows`, `cols`), where a latent may
-    also stay unmatched (`_max_partial_matching`); similarities from `pair_similarity`.
+    also stay unmatched: the maximum-weight matching of the candidate graph weighted by
+    similarity (`partial_matching.max_weight_matching`; a pair of negative similarity is
+    worth less than leaving both latents to the leftovers, whose pairs score about 0);
+    similarities from `pair_similarity`.
 
     Latents left unmatched or matched below `refine_below` (typically those with no
     counterpart at all, whose best assignment uses edges far down their candidate lists) are
@@ -188,7 +195,7 @@ def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
 
     candidates = np.unique(np.asarray(rows, np.int64) * n_b + np.asarray(cols, np.int64))
     r, c = candidates // n_b, candidates % n_b
-    match_r, match_c = _max_partial_matching(n_a, n_b, r, c, pair_similarity(r, c))
+    match_r, match_c = max_weight_matching(n_a, n_b, r, c, pair_similarity(r, c))
     kept = np.ones(match_r.size, bool)
     if block_similarity is not None:
         kept = np.isin(match_r * n_b + match_c, candidates)
@@ -213,61 +220,6 @@ def match_graph(n_a: int, n_b: int, rows: np.ndarray, cols: np.ndarray,
                     float(np.mean(best)), measure, best_a, best_b)
 
 
-def _max_partial_matching(n_a: int, n_b: int, r: np.ndarray, c: np.ndarray, sim: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """A matching on edges (r, c) where a latent may stay unmatched, as a minimum-weight *full*
-    matching of a doubled graph: every row i also has a stand-in column n_b + i (weight 4),
-    every column j a stand-in row n_a + j (weight 4), and stand-in row j meets stand-in column
-    i wherever (i, j) is an edge (weight 3). A full matching with m real pairs then weighs
-    4 (n_a + n_b) - sum over its pairs of (similarity + 2): it maximises the summed
-    similarity + 2, so a pair (similarity >= -1) always beats leaving both latents unmatched
-    and, when the graph has a full matching, this is the best one. (Asking the edges alone for
-    a full matching, with an edge (i, i) per latent so that one exists, forces a latent
-    without candidates, e.g. one that never fires, onto column i and pushes that column's
-    true partner aside.)"""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
-
-    ia, ib = np.arange(n_a, dtype=np.int64), np.arange(n_b, dtype=np.int64)
-    # Weights stay positive (scipy drops explicit zeros): 3 - sim >= 2 for similarities <= 1.
-    graph_r = np.concatenate([r, ia, n_a + ib, n_a + c])
-    graph_c = np.concatenate([c, n_b + ia, ib, n_b + r])
-    weight = np.concatenate([3.0 - sim, np.full(n_a + n_b, 4.0), np.full(r.size, 3.0)])
-    n = n_a + n_b
-    graph = csr_matrix((weight, (graph_r, graph_c)), shape=(n, n))
-    match_r, match_c = (m.astype(np.int64) for m in min_weight_full_bipartite_matching(graph))
-    real = (match_r < n_a) & (match_c < n_b)
-    return match_r[real], match_c[real]
-
-
-@torch.no_grad()
-def top_candidates(a: Tensor, b: Tensor, k: int, block: int = 1024
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The `k` largest entries of ``a @ b.T`` per row and per column, in row blocks.
-
-    Returns (row values ``(n_a, k)``, row indices into b, column values ``(k, n_b)``, column
-    indices into a). Peak memory is one ``block x n_b`` float32 tile plus the running top-k.
-    """
-    n_a, n_b = a.shape[0], b.shape[0]
-    k_row, k_col = min(k, n_b), min(k, n_a)
-    row_val = a.new_empty((n_a, k_row))
-    row_idx = torch.empty((n_a, k_row), dtype=torch.long, device=a.device)
-    col_val = a.new_full((k_col, n_b), float("-inf"))
-    col_idx = torch.zeros((k_col, n_b), dtype=torch.long, device=a.device)
-    bt = b.T.contiguous()
-    for start in range(0, n_a, block):
-        tile = a[start:start + block] @ bt
-        row_val[start:start + block], row_idx[start:start + block] = tile.topk(k_row, dim=1)
-        kk = min(k_col, tile.shape[0])
-        val, idx = tile.topk(kk, dim=0)
-        merged_val = torch.cat([col_val, val])
-        merged_idx = torch.cat([col_idx, idx + start])
-        keep = merged_val.topk(k_col, dim=0).indices
-        col_val, col_idx = merged_val.gather(0, keep), merged_idx.gather(0, keep)
-        del tile
-    return row_val, row_idx, col_val, col_idx
-
-
 def match_decoders(w_a: Tensor, w_b: Tensor, k: int = 16, exact_limit: int = EXACT_LIMIT,
                    block: int = 1024) -> Matching:
     """Optimal one-to-one matching of decoder directions (rows of ``W_dec``) by cosine.
@@ -290,20 +242,6 @@ def match_decoders(w_a: Tensor, w_b: Tensor, k: int = 16, exact_limit: int = EXA
     rows, cols, best_a, best_b = decoder_candidates(a, b, k, block)
     return match_graph(a.shape[0], b.shape[0], rows, cols, cosine_pairs(w_a, w_b), best_a,
                        best_b, "decoder_cosine", cosine_block(w_a, w_b), exact_limit)
-
-
-def decoder_candidates(a: Tensor, b: Tensor, k: int, block: int = 1024
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate edges (rows, cols) between unit decoders: each latent's `k` nearest partners
-    in both directions; and each latent's best cosine (best_a, best_b)."""
-    row_val, row_idx, col_val, col_idx = top_candidates(a, b, k, block)
-    n_a, n_b = a.shape[0], b.shape[0]
-    rows = np.concatenate([np.repeat(np.arange(n_a), row_idx.shape[1]),
-                           col_idx.flatten().cpu().numpy()])
-    cols = np.concatenate([row_idx.flatten().cpu().numpy(),
-                           np.tile(np.arange(n_b), col_idx.shape[0])])
-    return (rows, cols, row_val[:, 0].double().cpu().numpy(),
-            col_val[0].double().cpu().numpy())
 
 
 def pwmcc(w_a: Tensor, w_b: Tensor, **options: Any) -> float:

@@ -90,6 +90,8 @@ def run(cfg: Config) -> int:
         if m is not None:
             print(f"{label}: PW-MCC {m.pwmcc:.4f} ({m.method} matching of {m.rows.size} pairs; "
                   f"bound {m.upper_bound:.4f}), {m.fraction_above(0.7):.1%} matched >= 0.7")
+    if result.universality is not None:
+        print(f"paired feature spaces: {result.universality.describe()}")
     if result.decoder_note:
         print(f"note: {result.decoder_note}")
     print(f"{len(result.novel['A'])} latents novel in A, {len(result.novel['B'])} in B, "
