@@ -26,8 +26,12 @@ from sparselens.dictionaries.topk import TopKBase, TopKConfig
 
 @dataclass
 class VariationalConfig(TopKConfig):
-    kl_coef: float = 1.0
-    """β, the weight of the KL term."""
+    kl_coef: float = 0.1
+    """β, the weight of the KL term. Against our squared error (not divided by a likelihood
+    variance) β is 2s², s² the Gaussian likelihood's variance per dimension, and the trainer
+    scales inputs to variance ~1 per dimension: β = 1 (the first default) asked for an error
+    half the data's variance (FVU 0.86 on gemma-3-270m resid.6, 64 steps; 0.48 at 0.1, TopK
+    0.19). 0.1 is an error at the 5% level, still the KL-weakened SAE the paper analyses."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
