@@ -85,3 +85,28 @@ def test_mand_is_one_multiply_of_the_factor_roots() -> None:
                            (p.unsqueeze(-1) * q.unsqueeze(-2)).clamp_min(0).sqrt(),
                            torch.zeros(()))
     torch.testing.assert_close(mand(p, q), explicit)
+
+
+def test_default_layout_keeps_sixteen_heads_where_the_width_allows() -> None:
+    """n = the largest divisor of F/m up to 64 leaving >= 16 heads (the encoder saving of the
+    paper's m = 4, n = 64 from 4096 latents on; more heads below)."""
+    layouts = {f: build("kronsae", d_in=8, n_latents=f, k=4).cfg for f in (64, 256, 1024, 4096,
+                                                                          16384)}
+    assert [(c.compose, c.heads) for c in layouts.values()] == [(4, 4), (4, 16), (16, 16),
+                                                                (64, 16), (64, 64)]
+
+
+def test_enough_positive_latents_for_k_with_the_default_heads() -> None:
+    """Why one head collapsed L0: a token's non-zero mAND latents number
+    Σ_g (#p_g > 0)(#q_g > 0). At 256 latents with one head (n = 64) 15% of random tokens have
+    fewer than k = 32 at initialisation; with the default 16 heads almost none."""
+    torch.manual_seed(0)
+    x = torch.randn(2048, 64)
+    short = {}
+    for compose in (None, 64):
+        model = build("kronsae", d_in=64, n_latents=256, k=32, compose=compose)
+        model.initialize_from_data(x)
+        with torch.no_grad():
+            short[compose] = float(((model.pre_acts(x) > 0).sum(-1) < 32).float().mean())
+    assert short[None] < 0.01
+    assert short[64] > 0.1

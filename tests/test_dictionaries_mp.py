@@ -69,3 +69,14 @@ def test_bad_config_is_refused() -> None:
         build("mp", d_in=4, n_latents=8, k=0)
     with pytest.raises(ValueError, match="d_out must equal d_in"):
         build("mp", d_in=4, d_out=3, n_latents=8, pre_encoder_bias=False)
+
+
+def test_pursuit_runs_under_bf16_autocast() -> None:
+    """The trainer autocasts to bf16 where the CPU has it; the scores are then bf16 and the
+    codes float32 (the pursuit used to fail there with a dtype mismatch)."""
+    atoms = torch.nn.functional.normalize(torch.randn(8, 4), dim=-1)
+    residual = torch.randn(5, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = matching_pursuit(residual, atoms, 3)
+    assert codes.dtype == torch.float32
+    assert int((codes != 0).sum(-1).max()) <= 3

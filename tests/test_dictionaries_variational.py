@@ -48,3 +48,18 @@ def test_known_weakness_is_not_hidden() -> None:
     train(variational, x, steps=100)
     train(topk, x, steps=100)
     assert fvu(variational, x) > 2 * fvu(topk, x)
+
+
+def test_training_noise_starts_small() -> None:
+    """σ starts at exp(-2) (initial_log_var -4): the sampled training codes start close to the
+    means, so training starts near a TopK SAE (at σ = 1 they were far from them)."""
+    x = sparse_data(256)
+    gaps = {}
+    for log_var in (-4.0, 0.0):
+        model = make("variational", initial_log_var=log_var)
+        model.initialize_from_data(x)
+        torch.manual_seed(0)
+        mean, sampled = model.training_codes(x)
+        pre = model.activation(mean)
+        gaps[log_var] = float((sampled - pre).norm() / pre.norm())
+    assert gaps[-4.0] < 0.6 and gaps[0.0] > 1.2   # 0.44 and 1.59 (relative to the codes)

@@ -35,13 +35,21 @@ class KronConfig(TopKConfig):
     """m, the base pre-activations per head."""
     compose: int | None = None
     """n, the composition pre-activations per head; heads h = n_latents / (m n). None: the
-    largest divisor of n_latents / m up to 64 (64 for the usual power-of-two widths)."""
+    largest divisor of n_latents / m up to 64 that leaves at least `min_heads` heads (or, for
+    tiny widths, at most m): 64 from 4096 latents on, 4 at 256."""
+    min_heads: int = 16
+    """Fewest heads the default `compose` leaves. A token's non-zero latents number
+    Σ_g (#p_g > 0)(#q_g > 0): with one head (256 latents, n = 64) a token with one positive
+    base has at most n, with none it has 0, and L0 fell to 7-17 of k = 32 in 16 steps."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.compose is None and self.base > 0 and self.n_latents % self.base == 0:
             per_base = self.n_latents // self.base
-            self.compose = max(c for c in range(1, 65) if per_base % c == 0)
+            self.compose = max(c for c in range(1, 65) if per_base % c == 0
+                               and (per_base // c >= self.min_heads or c <= self.base))
+        if self.min_heads < 1:
+            raise ValueError(f"min_heads must be >= 1, got {self.min_heads}")
         if (self.base <= 0 or self.compose is None or self.compose <= 0
                 or self.n_latents % (self.base * self.compose)):
             raise ValueError(f"n_latents ({self.n_latents}) must be a multiple of base x "

@@ -33,6 +33,9 @@ from sparselens.dictionaries.ste import heaviside
 
 @dataclass
 class MDLConfig(JumpReLUConfig):
+    sparsity_coef: float = 1e-4
+    """λ per bit, in the paper's units (as JumpReLU's). 1e-3, the shared default, ended at L0
+    4 on 256 latents of gemma-3-270m resid.6 (FVU 0.46, 64 steps); 1e-4 at L0 14 (FVU 0.28)."""
     value_bits: float = 8.0
     """B, the bits that send one active value (the paper's effective float precision)."""
 

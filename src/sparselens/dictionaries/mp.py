@@ -66,6 +66,7 @@ def matching_pursuit(residual: Tensor, atoms: Tensor, steps: int,
             if not bool(active.any()):
                 break
             value = value * active.to(value.dtype)
+        value = value.to(codes.dtype)  # under bf16 autocast the scores are bf16
         codes = codes.scatter_add(-1, index, value)
         residual = residual - value * atoms[index.squeeze(-1)]
     return codes
