@@ -3,6 +3,8 @@ pseudo-derivatives against the paper's formulas, and L0 falling under the L0 pen
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -140,6 +142,34 @@ def test_saving_folds_the_unit_into_threshold_and_hyperparameters(tmp_path) -> N
     torch.testing.assert_close(loaded.threshold, model.threshold.detach() * unit)
     torch.testing.assert_close(loaded.l0_integral, model.l0_integral * unit ** 2)
     torch.testing.assert_close(loaded.encode(x), model.encode(x))
+
+
+def test_a_file_saved_before_the_integral_term_still_loads(tmp_path) -> None:
+    """Target-L0 JumpReLU files written before `l0_integral` existed load with λ_I = 0; any
+    other missing tensor is still refused."""
+    from safetensors.torch import load_file, save_file
+
+    from sparselens.core.atomic import atomic_write_json, sha256_file
+
+    model = make("jumprelu", k=6)
+    model.initialize_from_data(sparse_data(512))
+    save_dictionary(model, tmp_path / "old")
+    weights, config = tmp_path / "old" / "weights.safetensors", tmp_path / "old" / "config.json"
+    state = load_file(weights)
+
+    def rewrite(drop: str) -> None:
+        save_file({k: v for k, v in state.items() if k != drop}, weights)
+        meta = json.loads(config.read_text())
+        meta["weights_sha256"] = sha256_file(weights)
+        atomic_write_json(config, meta)
+
+    rewrite("l0_integral")
+    loaded = load_dictionary(tmp_path / "old")
+    assert float(loaded.l0_integral) == 0.0
+    torch.testing.assert_close(loaded.threshold, state["threshold"])
+    rewrite("threshold")
+    with pytest.raises(ValueError, match="missing tensors"):
+        load_dictionary(tmp_path / "old")
 
 
 def test_a_large_input_mean_does_not_kill_the_latents() -> None:

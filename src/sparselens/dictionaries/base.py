@@ -113,6 +113,9 @@ class Dictionary(nn.Module):
 
     config_class: ClassVar[type[DictionaryConfig]] = DictionaryConfig
     architecture: ClassVar[str] = "base"
+    added_buffers: ClassVar[tuple[str, ...]] = ()
+    """Buffers added after files of this architecture were first saved: a file without one
+    loads with the buffer's initial value (files written before it existed stay readable)."""
 
     def __init__(self, cfg: DictionaryConfig) -> None:
         super().__init__()

@@ -111,6 +111,7 @@ class JumpReLUSAE(PenalizedDictionary):
 
     config_class = JumpReLUConfig
     cfg: JumpReLUConfig
+    added_buffers = ("l0_integral",)  # the target controller's integral term came later
 
     def __init__(self, cfg: JumpReLUConfig) -> None:
         super().__init__(cfg)

@@ -87,7 +87,7 @@ def load_dictionary(path: str | os.PathLike, device: str | torch.device = "cpu")
     model = cls(cls.config_class.from_dict(meta["config"]))
     state = load_file(weights)
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(set(own) - set(state) - set(cls.added_buffers))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise ValueError(f"{weights}: missing tensors {missing}, unexpected tensors "
@@ -96,5 +96,5 @@ def load_dictionary(path: str | os.PathLike, device: str | torch.device = "cpu")
         if tensor.shape != own[name].shape:
             raise ValueError(f"{weights}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                              f"config implies {tuple(own[name].shape)}")
-    model.load_state_dict(state)
+    model.load_state_dict({**own, **state})  # an added buffer a file lacks keeps its start
     return model.to(device)
