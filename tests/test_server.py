@@ -441,7 +441,8 @@ def test_example_stores_are_looked_up_only_where_the_pipeline_writes_them(tmp_pa
 
     run = tmp_path / "runs" / "x"
     assert list(example_store_candidates(run / "sae")) == [
-        run / "sae", run / "sae" / "report", run / "sae" / "report", run / "report"]
+        run / "sae", run / "sae" / "report", run / "sae" / "report", run / "report",
+        run / "sae" / "examples"]
     elsewhere = tmp_path / "my_dictionary"  # not a run layout: the parent's report/ is not it
     assert tmp_path / "report" not in list(example_store_candidates(elsewhere))
     step = run / "sae" / "checkpoints" / "step_100"

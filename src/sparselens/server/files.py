@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-EXAMPLES_FILE = "examples.safetensors"
+from sparselens.interpretation.examples import EXAMPLES_FILE
+from sparselens.interpretation.store import STORE_FOLDER
+
 EVAL_FILES = ("eval.json",)
 BENCH_FILES = ("bench.json", "eval_suite.json", "evalsuite.json")
 TRAIN_LOG = "metrics.jsonl"
@@ -47,13 +49,16 @@ def run_folder(dictionary_folder: Path) -> Path:
 def example_store_candidates(folder: Path) -> Iterable[Path]:
     """Where `sparselens report` and `sparselens run` leave an example store for `folder`:
     inside it, in its ``report/``, or, for the ``sae/`` folder of a `sparselens run` layout,
-    the run's sibling ``report/`` (runs/X/sae -> runs/X/report)."""
+    the run's sibling ``report/`` (runs/X/sae -> runs/X/report); last, the store `sparselens
+    explain` collects beside the dictionary (``examples/``), so a dictionary that was only
+    explained is served without ``--examples``."""
     run = run_folder(folder)
     yield folder
     yield folder / "report"
     yield run / "report"
     if run.name == "sae":
         yield run.parent / "report"
+    yield folder / STORE_FOLDER
 
 
 def find_example_store(folder: Path, given: Path | None = None) -> Path | None:
