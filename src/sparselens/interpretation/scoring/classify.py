@@ -102,13 +102,24 @@ def _read(results: list, labels: list[int]) -> Score:
                   "p_yes": [round(p, 4) for p in probabilities], "labels": labels})
 
 
-class DetectionScorer:
-    name = "detection"
+class _YesNoScorer:
+    """A judge asked Yes/No per text: one explanation is scored as a batch of one, so that
+    the explanation and its baselines can go through `score_many` together."""
+
+    name = ""
     uses_explanation = True
     chance = 0.5
 
     def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
         return self.score_many({"explanation": explanation or ""}, data, llm)["explanation"]
+
+    def score_many(self, candidates: dict[str, str], data: HeldOutData,
+                   llm: LLMClient) -> dict[str, Score]:
+        raise NotImplementedError
+
+
+class DetectionScorer(_YesNoScorer):
+    name = "detection"
 
     def score_many(self, candidates: dict[str, str], data: HeldOutData,
                    llm: LLMClient) -> dict[str, Score]:
@@ -125,13 +136,8 @@ def wrong_marks(context: Context, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(quiet, n))
 
 
-class FuzzingScorer:
+class FuzzingScorer(_YesNoScorer):
     name = "fuzzing"
-    uses_explanation = True
-    chance = 0.5
-
-    def score(self, explanation: str | None, data: HeldOutData, llm: LLMClient) -> Score:
-        return self.score_many({"explanation": explanation or ""}, data, llm)["explanation"]
 
     def score_many(self, candidates: dict[str, str], data: HeldOutData,
                    llm: LLMClient) -> dict[str, Score]:
