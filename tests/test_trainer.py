@@ -117,6 +117,20 @@ def test_bfloat16_autocast_trains() -> None:
     assert reconstruction_metrics(trainer.dictionary, heldout(offset=0.3), "h")["fvu"] < 0.4
 
 
+def test_cpu_training_hands_freed_memory_back_every_few_steps(monkeypatch) -> None:
+    """bf16 steps on a CPU grew glibc's heap without bound (core/memory.py); the trainer
+    trims it every TRIM_EVERY steps."""
+    from sparselens.core import memory
+    from sparselens.training import trainer as trainer_module
+
+    calls: list[int] = []
+    monkeypatch.setattr(trainer_module, "release_free_memory", lambda: calls.append(1) or True)
+    trainer = Trainer(config(steps=25, autocast="bfloat16"), synthetic_data())
+    trainer.fit()
+    assert len(calls) == 25 // memory.TRIM_EVERY
+    assert memory.release_free_memory() is (memory._malloc_trim() is not None)
+
+
 def test_transcoder_gets_its_own_output_scale() -> None:
     def data(skip_batches: int) -> Iterator[ActivationBatch]:
         index = skip_batches

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparselens.core.memory import TRIM_EVERY, release_free_memory
 from sparselens.data.batch import ActivationBatch
 from sparselens.dictionaries.base import Dictionary, LossOutput, StepContext, build
 from sparselens.io.atomic import atomic_write_json
@@ -274,6 +275,8 @@ class Trainer:
         self._record(out, x if target is None else target, rows, ctx, grad_norm)
         self.progress.step += 1
         self.progress.tokens_seen += dp.global_rows(rows)
+        if self.device.type == "cpu" and self.progress.step % TRIM_EVERY == 0:
+            release_free_memory()  # bf16 steps otherwise grow the heap (core/memory.py)
 
     def _inputs(self, batch: DeviceBatch) -> tuple[Tensor, Tensor | None]:
         """Scaled input (and transcoder target) on the training device, in the parameters'
