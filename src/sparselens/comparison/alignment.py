@@ -30,8 +30,8 @@ from sparselens.comparison.compare import SharedTokens
 from sparselens.data.chunking import special_token_ids
 from sparselens.dictionaries.base import Dictionary
 from sparselens.interpretation.examples import ExampleCollector
-from sparselens.lens import Lens, Tokens
-from sparselens.lens.tokens import pad_id
+from sparselens.lens import Lens
+from sparselens.lens.tokens import padded_grid
 
 POOLS = ("last", "mean")
 
@@ -109,17 +109,6 @@ class AlignedActivations:
         return (self.n / max(self.tokens_a, 1), self.n / max(self.tokens_b, 1))
 
 
-def _grid(tokenizer: object, rows: list[list[int]], device: torch.device) -> Tokens:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
-    specials = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
-    return Tokens(ids, mask, torch.isin(ids, specials) | (mask == 0)).to(device)
-
-
 def _capture(lens: Lens, hookpoints: Sequence[str], spans: list[TokenSpans],
              picks: list[list[np.ndarray]], batch_size: int) -> dict[str, Tensor]:
     """Activations at `hookpoints` pooled over each document's picked token positions."""
@@ -128,7 +117,7 @@ def _capture(lens: Lens, hookpoints: Sequence[str], spans: list[TokenSpans],
         return {}
     for start in range(0, len(spans), batch_size):
         chunk = range(start, min(start + batch_size, len(spans)))
-        tokens = _grid(lens.tokenizer, [spans[i].ids for i in chunk], lens.device)
+        tokens = padded_grid(lens.tokenizer, [spans[i].ids for i in chunk]).to(lens.device)
         seen = lens.capture(tokens, list(hookpoints))
         for hp in hookpoints:
             acts = seen[hp].float().cpu()

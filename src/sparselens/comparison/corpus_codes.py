@@ -16,21 +16,8 @@ import torch
 from tqdm import tqdm
 
 from sparselens.comparison.datadiff import DocCodes, DocumentEmbeddings, embed
-from sparselens.data.chunking import special_token_ids
-from sparselens.lens import Lens, Tokens
-from sparselens.lens.tokens import pad_id
-
-
-def _grid(tokenizer: object, rows: list[list[int]]) -> Tokens:
-    """Right-padded token grid with the special/padding mask the lens expects."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
-    specials = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
-    return Tokens(ids, mask, torch.isin(ids, specials) | (mask == 0))
+from sparselens.lens import Lens
+from sparselens.lens.tokens import padded_grid
 
 
 @torch.no_grad()
@@ -53,7 +40,7 @@ def embed_texts(lens: Lens, name: str, texts: Sequence[str], max_tokens: int = 2
     for start in tqdm(range(0, len(order), batch_size), desc=description, disable=not progress,
                       unit="batch"):
         chosen = order[start:start + batch_size]
-        tokens = _grid(tokenizer, [rows[i] for i in chosen])
+        tokens = padded_grid(tokenizer, [rows[i] for i in chosen])
         codes = lens.encode(tokens.to(lens.device), names=name).codes[name].to("cpu")
         keep = ~tokens.special
         width = tokens.ids.shape[1]

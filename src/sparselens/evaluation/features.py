@@ -15,9 +15,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sparselens.data.chunking import special_token_ids
 from sparselens.lens import Lens
-from sparselens.lens.tokens import Tokens, pad_id
+from sparselens.lens.tokens import Tokens, padded_grid
 
 
 @dataclass
@@ -34,16 +33,8 @@ def token_ids(lens: Lens, texts: Sequence[str], max_length: int) -> list[list[in
 
 
 def _grid(lens: Lens, rows: Sequence[Sequence[int]]) -> Tokens:
-    """Right-padded `Tokens`; special = the tokenizer's special tokens and padding."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id(lens.tokenizer), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, :len(row)] = 1
-    specials = torch.tensor(special_token_ids(lens.tokenizer), dtype=torch.long)
-    special = torch.isin(ids, specials) | (mask == 0)
-    return Tokens(ids.to(lens.device), mask.to(lens.device), special.to(lens.device))
+    """Right-padded `Tokens` on the lens's device."""
+    return padded_grid(lens.tokenizer, rows).to(lens.device)
 
 
 def _batches(n: int, batch_size: int, progress: bool, desc: str):

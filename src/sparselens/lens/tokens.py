@@ -48,6 +48,21 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def padded_grid(tokenizer: Any, rows: Sequence[Sequence[int]],
+                padding_side: Literal["left", "right"] = "right") -> Tokens:
+    """Token-id rows padded into one grid, `special` set on the tokenizer's special tokens and
+    on the padding (what every caller that already holds token ids needs)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, span] = 1
+    specials = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
+    return Tokens(ids, mask, torch.isin(ids, specials) | (mask == 0))
+
+
 def tokenize(tokenizer: Any, inputs: Inputs | Tokens, *, context: int | None,
              padding_side: Literal["left", "right"] = "right",
              max_length: int | None = None, truncate: bool = False) -> Tokens:
@@ -79,13 +94,8 @@ def tokenize(tokenizer: Any, inputs: Inputs | Tokens, *, context: int | None,
             rows = [r[:limit] for r in rows]
         if any(len(r) == 0 for r in rows):
             raise ValueError("a text tokenized to no tokens; give non-empty text")
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-            ids[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
+        grid = padded_grid(tokenizer, rows, padding_side)
+        ids, mask = grid.ids, grid.attention_mask
     if limit is not None and ids.shape[1] > limit:
         raise ValueError(f"the input is {ids.shape[1]} tokens long, more than the "
                          f"{'max_length' if max_length else 'model context'} of {limit}; "
