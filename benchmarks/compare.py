@@ -92,14 +92,50 @@ def match_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_before_mb": before}
 
 
+def heldout_fvu(held: Any, recon: Any) -> float:
+    """Fraction of the held-out rows' variance the reconstruction leaves unexplained."""
+    return float((held - recon).pow(2).sum() / (held - held.mean(0)).pow(2).sum())
+
+
+def timed_itda(x: Any, seq: Any, pos: Any, k: int, threshold: float, batch_size: int
+               ) -> tuple[Any, float]:
+    """An ITDA dictionary built from the rows of `x` in batches, and the seconds it took."""
+    from sparselens.comparison.itda import build_itda
+
+    start = time.perf_counter()
+    itda = build_itda(((x[i:i + batch_size], seq[i:i + batch_size], pos[i:i + batch_size])
+                       for i in range(0, x.shape[0], batch_size)), k=k, threshold=threshold)
+    return itda, time.perf_counter() - start
+
+
+def timed_topk(x: Any, seq: Any, pos: Any, hookpoint: str, n_latents: int, k: int,
+               batch_size: int) -> tuple[Any, float]:
+    """A TopK SAE trained one pass over the whole batches of `x` with the library's Trainer
+    (no checkpoints, no progress bar), in eval mode, and the seconds it took: what ITDA's
+    build time is compared with (here and in itda_models.py)."""
+    from sparselens.data.batch import ActivationBatch
+    from sparselens.training.config import CheckpointConfig, LogConfig, OptimConfig, TrainConfig
+    from sparselens.training.trainer import Trainer
+
+    def data(skip: int):
+        for i in range(skip * batch_size, x.shape[0] - batch_size + 1, batch_size):
+            rows = slice(i, i + batch_size)
+            yield ActivationBatch({hookpoint: x[rows]}, seq[rows], seq[rows], pos[rows])
+
+    cfg = TrainConfig(architecture="topk", n_latents=n_latents, dictionary={"k": k},
+                      hookpoint=hookpoint, n_tokens=x.shape[0] // batch_size * batch_size,
+                      batch_size=batch_size, checkpoint=CheckpointConfig(every_steps=0),
+                      optim=OptimConfig(), log=LogConfig(progress=False, every_steps=10_000))
+    start = time.perf_counter()
+    trainer = Trainer(cfg, data)
+    trainer.fit()
+    return trainer.dictionary.eval(), time.perf_counter() - start
+
+
 def itda_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from sparselens.comparison.itda import build_itda
-    from sparselens.data.batch import ActivationBatch
     from sparselens.data.cache import ActivationCache
-    from sparselens.training.config import CheckpointConfig, LogConfig, OptimConfig, TrainConfig
-    from sparselens.training.trainer import Trainer
 
     torch.set_num_threads(2)
     cache = ActivationCache.open(spec["cache"])
@@ -115,37 +151,14 @@ def itda_worker(spec: dict[str, Any]) -> dict[str, Any]:
     held = next(cache.batches(4096, hookpoints=[hookpoint], split="heldout", shuffle=False))
     xh = held.acts[hookpoint]
 
-    def fvu(recon: torch.Tensor) -> float:
-        return float((xh - recon).pow(2).sum() / (xh - xh.mean(0)).pow(2).sum())
-
-    size = spec["itda_batch"]
     itdas = []
     for threshold in spec["thresholds"]:
-        start = time.perf_counter()
-        itda = build_itda(((x[i:i + size], seq[i:i + size], pos[i:i + size])
-                           for i in range(0, x.shape[0], size)), k=spec["k"],
-                          threshold=threshold)
-        seconds = time.perf_counter() - start
+        itda, seconds = timed_itda(x, seq, pos, spec["k"], threshold, spec["itda_batch"])
         itdas.append({"threshold": threshold, "seconds": seconds, "atoms": itda.n_atoms,
-                      "fvu": fvu(itda.encode(xh) @ itda.atoms)})
-
-    def data(skip: int):
-        for i in range(skip * 1024, x.shape[0], 1024):
-            yield ActivationBatch({hookpoint: x[i:i + 1024]}, seq[i:i + 1024],
-                                  seq[i:i + 1024], pos[i:i + 1024])
-
-    cfg = TrainConfig(architecture="topk", n_latents=spec["n_latents"],
-                      dictionary={"k": spec["k"]}, hookpoint=hookpoint,
-                      n_tokens=x.shape[0] // 1024 * 1024, batch_size=1024,
-                      checkpoint=CheckpointConfig(every_steps=0), optim=OptimConfig(),
-                      log=LogConfig(progress=False, every_steps=10_000))
-    start = time.perf_counter()
-    trainer = Trainer(cfg, data)
-    trainer.fit()
-    sae_s = time.perf_counter() - start
-    sae = trainer.dictionary.eval()
+                      "fvu": heldout_fvu(xh, itda.encode(xh) @ itda.atoms)})
+    sae, sae_s = timed_topk(x, seq, pos, hookpoint, spec["n_latents"], spec["k"], 1024)
     with torch.no_grad():
-        sae_fvu = fvu(sae(xh))
+        sae_fvu = heldout_fvu(xh, sae(xh))
     return {"tokens": int(x.shape[0]), "hookpoint": hookpoint, "itda": itdas, "sae_s": sae_s,
             "sae_latents": spec["n_latents"], "sae_fvu": sae_fvu, "k": spec["k"],
             "heldout_tokens": int(xh.shape[0])}

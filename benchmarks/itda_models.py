@@ -23,10 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import heldout_fvu, timed_itda, timed_topk  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QWEN = "qwen2.5-coder-0.5b-instruct"
@@ -34,42 +38,16 @@ QWEN = "qwen2.5-coder-0.5b-instruct"
 
 def sae_against_itda(x: torch.Tensor, doc: torch.Tensor, offset: torch.Tensor, k: int,
                      threshold: float, hookpoint: str) -> dict:
-    from sparselens.comparison.itda import build_itda
-    from sparselens.data.batch import ActivationBatch
-    from sparselens.training.config import CheckpointConfig, LogConfig, OptimConfig, TrainConfig
-    from sparselens.training.trainer import Trainer
-
     train, held = x[:-1024], x[-1024:]
-
-    def fvu(recon: torch.Tensor) -> float:
-        return float((held - recon).pow(2).sum() / (held - held.mean(0)).pow(2).sum())
-
-    start = time.perf_counter()
-    itda = build_itda(((train[i:i + 256], doc[i:i + 256], offset[i:i + 256])
-                       for i in range(0, train.shape[0], 256)), k=k, threshold=threshold)
-    itda_s = time.perf_counter() - start
-    itda_fvu = fvu(itda.encode(held) @ itda.atoms)
+    itda, itda_s = timed_itda(train, doc, offset, k, threshold, 256)
     n_latents = itda.n_atoms
-
-    def data(skip: int):
-        for i in range(skip * 256, train.shape[0] - 255, 256):
-            rows = slice(i, i + 256)
-            yield ActivationBatch({hookpoint: train[rows]}, doc[rows], doc[rows], offset[rows])
-
-    cfg = TrainConfig(architecture="topk", n_latents=n_latents,
-                      dictionary={"k": min(k, n_latents)}, hookpoint=hookpoint,
-                      n_tokens=train.shape[0] // 256 * 256, batch_size=256,
-                      checkpoint=CheckpointConfig(every_steps=0), optim=OptimConfig(),
-                      log=LogConfig(progress=False, every_steps=10_000))
-    start = time.perf_counter()
-    trainer = Trainer(cfg, data)
-    trainer.fit()
-    sae_s = time.perf_counter() - start
+    sae, sae_s = timed_topk(train, doc, offset, hookpoint, n_latents, min(k, n_latents), 256)
     with torch.no_grad():
-        sae_fvu = fvu(trainer.dictionary.eval()(held))
+        sae_fvu = heldout_fvu(held, sae(held))
     return {"hookpoint": hookpoint, "train_positions": int(train.shape[0]),
             "heldout_positions": 1024, "k": k, "threshold": threshold,
-            "itda_s": itda_s, "itda_atoms": n_latents, "itda_fvu": itda_fvu,
+            "itda_s": itda_s, "itda_atoms": n_latents,
+            "itda_fvu": heldout_fvu(held, itda.encode(held) @ itda.atoms),
             "sae_s": sae_s, "sae_latents": n_latents, "sae_fvu": sae_fvu}
 
 
