@@ -103,3 +103,15 @@ def l0_without_and_with_penalty(name: str, coef: float, steps: int = 100) -> tup
     train(free, x, steps=steps)
     train(penalised, x, steps=steps)
     return mean_l0(free, x), mean_l0(penalised, x)
+
+
+def permuted(dictionary: Dictionary, seed: int = 0) -> Dictionary:
+    """The same TopK dictionary with its latents in another (seeded) order."""
+    perm = torch.randperm(dictionary.cfg.n_latents, generator=torch.Generator().manual_seed(seed))
+    other = build("topk", **dictionary.cfg.to_dict())
+    other.load_state_dict(dictionary.state_dict())
+    with torch.no_grad():
+        other.W_dec.copy_(dictionary.W_dec[perm])
+        other.W_enc.copy_(dictionary.W_enc[:, perm])
+        other.b_enc.copy_(dictionary.b_enc[perm])
+    return other

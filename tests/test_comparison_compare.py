@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import byte_tokenizer, random_chunks
+from dictionary_helpers import permuted
 from sparselens.cli.main import main
 from sparselens.comparison.compare import CompareOptions, compare_dictionaries
 from sparselens.data.batch import ActivationBatch
@@ -62,18 +63,6 @@ def test_two_seeds_agree_after_training_and_not_before(one_thread) -> None:
     assert sum(counts) == 40 and edges[0] == -1.0
 
 
-def _permuted(dictionary: Dictionary, seed: int = 0) -> Dictionary:
-    """The same dictionary with its latents in another order."""
-    perm = torch.randperm(dictionary.cfg.n_latents, generator=torch.Generator().manual_seed(seed))
-    other = build("topk", **dictionary.cfg.to_dict())
-    other.load_state_dict(dictionary.state_dict())
-    with torch.no_grad():
-        other.W_dec.copy_(dictionary.W_dec[perm])
-        other.W_enc.copy_(dictionary.W_enc[:, perm])
-        other.b_enc.copy_(dictionary.b_enc[perm])
-    return other
-
-
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory, tiny_llama) -> Path:
     from sparselens.data.harvest import HarvestConfig, harvest
@@ -90,7 +79,7 @@ def test_permuted_self_through_the_cli_scores_one_on_both_measures(tiny_cache, t
     torch.manual_seed(0)
     a = build("topk", d_in=32, n_latents=64, k=4, hookpoint="resid.2")
     save_dictionary(a, tmp_path / "a")
-    save_dictionary(_permuted(a), tmp_path / "b")
+    save_dictionary(permuted(a), tmp_path / "b")
     tokenizer = tmp_path / "tokenizer"
     byte_tokenizer().save_pretrained(tokenizer)
     out = tmp_path / "out"

@@ -11,13 +11,12 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from browser_helpers import NEEDS_CHROMIUM, chromium, served, watched_page
 from conftest import random_chunks
+from dictionary_helpers import permuted
 from sparselens.comparison.compare import CompareOptions, compare_dictionaries
 from sparselens.comparison.compare_output import write_comparison
-from sparselens.dictionaries import build
 from sparselens.io.detect import load_any
 from sparselens.io.native import save_dictionary
 from sparselens.server.comparisons import load_comparisons
@@ -30,15 +29,7 @@ pytestmark = NEEDS_CHROMIUM
 
 def _permuted_copy(folder: Path, out: Path) -> Path:
     """The dictionary in `folder` with its latents reordered, saved to `out`."""
-    a = load_any(folder)
-    perm = torch.randperm(a.cfg.n_latents, generator=torch.Generator().manual_seed(0))
-    b = build("topk", **a.cfg.to_dict())
-    b.load_state_dict(a.state_dict())
-    with torch.no_grad():
-        b.W_dec.copy_(a.W_dec[perm])
-        b.W_enc.copy_(a.W_enc[:, perm])
-        b.b_enc.copy_(a.b_enc[perm])
-    return save_dictionary(b, out)
+    return save_dictionary(permuted(load_any(folder)), out)
 
 
 def _records(root: Path, folders: list[Path], tiny_llama) -> dict[str, dict]:
