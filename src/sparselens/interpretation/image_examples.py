@@ -32,6 +32,7 @@ from sparselens.data.batch import ActivationBatch
 from sparselens.data.sites import Sites
 from sparselens.dictionaries.base import Dictionary
 from sparselens.interpretation.examples import ExampleSet, FeatureExamples
+from sparselens.interpretation.windows import keys_in_ranges
 from sparselens.io.atomic import atomic_write_bytes, atomic_write_json
 
 IMAGES_FILE = "images.safetensors"
@@ -144,15 +145,9 @@ def collect_image_heatmaps(dictionary: Dictionary, examples: FeatureExamples,
     with dictionary.evaluating():
         for batch in batches:
             row_seq = batch.seq_ids.long().cpu()
-            lo = torch.searchsorted(keys, row_seq, side="left")
-            hi = torch.searchsorted(keys, row_seq, side="right")
-            rows = torch.nonzero(hi > lo).squeeze(1)
+            rows, row_of_match, match = keys_in_ranges(keys, row_seq, row_seq)
             if rows.numel() == 0:
                 continue
-            matches = (hi - lo)[rows]
-            row_of_match = torch.repeat_interleave(torch.arange(rows.numel()), matches)
-            first = torch.repeat_interleave(lo[rows] - (matches.cumsum(0) - matches), matches)
-            match = first + torch.arange(row_of_match.numel())
             x = sites.inputs_for(dictionary, batch)
             codes = dictionary.encode(x[rows.to(x.device)]).float().cpu()
             cell = batch.positions.long().cpu()[rows][row_of_match] - prefix

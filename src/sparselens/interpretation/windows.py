@@ -71,20 +71,27 @@ def collect_windows(dictionary: Dictionary, examples: FeatureExamples,
     return replace(examples, window=(before, after), **filled)
 
 
+def keys_in_ranges(keys: Tensor, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Every (row, key) pair with ``low[row] <= key <= high[row]`` in the sorted `keys`:
+    (the rows with at least one, the index into those rows of each pair, the index into
+    `keys` of each pair), without a Python loop over rows."""
+    lo = torch.searchsorted(keys, low, side="left")
+    hi = torch.searchsorted(keys, high, side="right")
+    rows = torch.nonzero(hi > lo).squeeze(1)
+    matches = (hi - lo)[rows]
+    row_of_match = torch.repeat_interleave(torch.arange(rows.numel()), matches)
+    first = torch.repeat_interleave(lo[rows] - (matches.cumsum(0) - matches), matches)
+    return rows, row_of_match, first + torch.arange(row_of_match.numel())
+
+
 def _fill_batch(dictionary: Dictionary, hookpoint: str, batch: ActivationBatch, keys: Tensor,
                 flat_slot: Tensor, feature_of: Tensor, windows: Tensor, before: int,
                 after: int) -> None:
     """Encode the batch rows that fall in some example's window; write their activations."""
     row_keys = batch.seq_ids.long().cpu() * _STRIDE + batch.positions.long().cpu()
-    lo = torch.searchsorted(keys, row_keys - after, side="left")
-    hi = torch.searchsorted(keys, row_keys + before, side="right")
-    rows = torch.nonzero(hi > lo).squeeze(1)
+    rows, row_of_match, match = keys_in_ranges(keys, row_keys - after, row_keys + before)
     if rows.numel() == 0:
         return
-    matches = (hi - lo)[rows]
-    row_of_match = torch.repeat_interleave(torch.arange(rows.numel()), matches)
-    first = torch.repeat_interleave(lo[rows] - (matches.cumsum(0) - matches), matches)
-    match = first + torch.arange(row_of_match.numel())
     x = Sites(hookpoint).inputs_for(dictionary, batch)
     x = x[rows.to(x.device)]
     codes = dictionary.encode(x).float().cpu()
